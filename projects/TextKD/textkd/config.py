@@ -1,0 +1,132 @@
+"""Config keys of TextKD. ``add_textkd_config(cfg)`` only adds keys (with the reference defaults
+of METHODS.md); it never changes detectron2's own defaults except where a key is new."""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+from .text.templates import DEFAULT_TEMPLATES
+
+
+def add_textkd_config(cfg: CN) -> None:
+    """Add every TextKD key to a detectron2 config (in place)."""
+    _C = cfg
+
+    # ---------------------------------------------------------------- backbone (timm wrapper)
+    _C.MODEL.SEG_BACKBONE = CN()
+    # resnet18 / resnet50 / resnet101, deep-stem resnet18d / resnet50d / resnet101d,
+    # mobilenetv2, stdc1 / stdc2
+    _C.MODEL.SEG_BACKBONE.ARCH = "resnet18d"
+    _C.MODEL.SEG_BACKBONE.OUTPUT_STRIDE = 8
+    _C.MODEL.SEG_BACKBONE.IN_CHANS = 3
+    # local file with ImageNet weights ("" = random init); nothing is ever downloaded
+    _C.MODEL.SEG_BACKBONE.PRETRAINED = ""
+    _C.MODEL.SEG_BACKBONE.FROZEN_BN = False
+    # std of the initial filters of input channels beyond the pretrained 3 (LAD label channel)
+    _C.MODEL.SEG_BACKBONE.EXTRA_CHANS_INIT_STD = 0.1
+    # "BN", "SyncBN" ("auto": SyncBN when training on several GPUs, BN otherwise)
+    _C.MODEL.SEG_BACKBONE.NORM = "auto"
+
+    # ---------------------------------------------------------------- heads
+    # MODEL.SEM_SEG_HEAD.NAME: TextKDDeepLabV3Head / TextKDPSPHead / TextKDFCNHead /
+    # TextKDOCRHead / TextKDSTDCHead; NUM_CLASSES, IGNORE_VALUE, LOSS_WEIGHT are detectron2's.
+    _C.MODEL.SEM_SEG_HEAD.IN_FEATURE = "res5"
+    _C.MODEL.SEM_SEG_HEAD.CHANNELS = 256
+    _C.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [12, 24, 36]
+    _C.MODEL.SEM_SEG_HEAD.PSP_BINS = [1, 2, 3, 6]
+    _C.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
+    _C.MODEL.SEM_SEG_HEAD.OCR_KEY_CHANNELS = 256
+    _C.MODEL.SEM_SEG_HEAD.STDC_DETAIL_WEIGHT = 1.0
+    _C.MODEL.SEM_SEG_HEAD.AUX = True
+    _C.MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE = "res4"
+    _C.MODEL.SEM_SEG_HEAD.AUX_CHANNELS = 256
+    _C.MODEL.SEM_SEG_HEAD.AUX_WEIGHT = 0.4
+    _C.MODEL.SEM_SEG_HEAD.ALIGN_CORNERS = False
+
+    # ---------------------------------------------------------------- fast paths
+    _C.MODEL.AMP_DTYPE = ""  # "", "bf16" or "fp16": autocast of the student forward
+    _C.MODEL.CHANNELS_LAST = False
+
+    # ---------------------------------------------------------------- Label Assisted Distillation
+    _C.MODEL.LAD = CN()
+    # a label-conditioned model: the backbone takes 3 + 1 channels, the last is the label channel
+    _C.MODEL.LAD.ENABLED = False
+    # alpha in raw 0-255 pixel units (reference: 100 with mean-subtracted, unit-std pixels);
+    # the label channel is multiplied by ALPHA / mean(MODEL.PIXEL_STD)
+    _C.MODEL.LAD.ALPHA = 100.0
+    _C.MODEL.LAD.SIGMA = 0.03  # pixel noise of the training draw
+    _C.MODEL.LAD.CODE_SIGMA = 0.02  # pixel noise of the deterministic code used to distil
+    _C.MODEL.LAD.DUAL_PATH = True
+    _C.MODEL.LAD.CONSISTENCY_WEIGHT = 5.0
+    _C.MODEL.LAD.CONSISTENCY_TEMPERATURE = 4.0
+    # what the label channel holds at evaluation: "code" (label_code of the ground truth),
+    # "zero" (no label), or "both" (report both; the "code" result is the main one)
+    _C.MODEL.LAD.EVAL_LABEL = "both"
+
+    # ---------------------------------------------------------------- distillation
+    _C.MODEL.DISTILL = CN()
+    _C.MODEL.DISTILL.TEACHER = CN()
+    _C.MODEL.DISTILL.TEACHER.CONFIG_FILE = ""
+    _C.MODEL.DISTILL.TEACHER.WEIGHTS = ""
+    _C.MODEL.DISTILL.TEACHER.OPTS = []  # KEY VALUE overrides of the teacher config
+    _C.MODEL.DISTILL.TEACHER.AMP_DTYPE = ""  # "", "bf16" or "fp16"
+    # Named distillation terms; each key NAME reports loss_NAME. A term is a node with
+    # METHOD (kd / cwd / skd / ifvd / cirkd / dist), INPUT (logits / feature / aux_logits),
+    # WEIGHT (0 disables it), and the method's own parameters as upper-case keys, e.g.
+    #   TERMS: {cwd_logits: {METHOD: cwd, INPUT: logits, WEIGHT: 3.0, TEMPERATURE: 4.0}}
+    _C.MODEL.DISTILL.TERMS = CN(new_allowed=True)
+
+    # text-assisted plugins (METHODS.md section 2)
+    _C.MODEL.DISTILL.TEXT = CN()
+    _C.MODEL.DISTILL.TEXT.INPUT = "feature"
+    _C.MODEL.DISTILL.TEXT.SCORE_TEMPERATURE = 0.07
+    _C.MODEL.DISTILL.TEXT.PROJ_HIDDEN = 256
+    _C.MODEL.DISTILL.TEXT.PROBE_WEIGHT = 1.0
+    _C.MODEL.DISTILL.TEXT.PROBE_MODE = "joint"  # "joint" or "pretrain" (fit, then freeze)
+    _C.MODEL.DISTILL.TEXT.PROBE_PRETRAIN_ITERS = 0
+    _C.MODEL.DISTILL.TEXT.STUDENT_ALIGN_WEIGHT = 0.0
+    _C.MODEL.DISTILL.TCD = CN()
+    _C.MODEL.DISTILL.TCD.WEIGHT = 0.0  # 3.0 when enabled
+    _C.MODEL.DISTILL.TCD.TEMPERATURE = 4.0
+    _C.MODEL.DISTILL.TCD.MODE = "spatial"  # "spatial", "class" (softmax over texts) or "mse"
+    _C.MODEL.DISTILL.TRD = CN()
+    _C.MODEL.DISTILL.TRD.WEIGHT = 0.0  # 1.0 when enabled
+    _C.MODEL.DISTILL.TRD.REGION_TEMPERATURE = 1.0
+    _C.MODEL.DISTILL.TRD.AFFINITY_TEMPERATURE = 0.07
+    _C.MODEL.DISTILL.TRD.MIN_MASS = 1.0
+    _C.MODEL.DISTILL.TRD.MIMIC_WEIGHT = 0.0
+
+    # CLIP text bank
+    _C.MODEL.TEXT_BANK = CN()
+    _C.MODEL.TEXT_BANK.SOURCE = "clip"  # "clip", "random" or "learnable" (controls)
+    _C.MODEL.TEXT_BANK.CLIP_MODEL = "ViT-B-16"
+    # open_clip pretrained tag or a local checkpoint path
+    _C.MODEL.TEXT_BANK.CLIP_PRETRAINED = "openai"
+    _C.MODEL.TEXT_BANK.TEMPLATES = list(DEFAULT_TEMPLATES)
+    _C.MODEL.TEXT_BANK.CACHE_DIR = ""  # "" = $TEXTKD_CACHE or ~/.cache/textkd/text_bank
+    _C.MODEL.TEXT_BANK.CACHE_FILE = ""  # an explicit cache file overrides the derived key
+    _C.MODEL.TEXT_BANK.CLASS_NAMES = []  # default: stuff_classes of DATASETS.TRAIN[0]
+    _C.MODEL.TEXT_BANK.DIM = 512  # for the random / learnable controls
+    _C.MODEL.TEXT_BANK.SEED = 0
+
+    # ---------------------------------------------------------------- input / augmentation
+    # long side the image is first resized to (0 keeps the original size), then scaled by a
+    # random factor in SCALE_RANGE, cropped to INPUT.CROP.SIZE (padding label 255) and flipped
+    _C.INPUT.BASE_SIZE = 0
+    _C.INPUT.SCALE_RANGE = [0.5, 2.0]
+    _C.INPUT.FLIP = True
+    # evaluation: whole image at its original size (0) or resized so the long side is TEST_SIZE
+    _C.INPUT.TEST_SIZE = 0
+    _C.INPUT.SIZE_DIVISIBILITY = -1
+
+    # ---------------------------------------------------------------- solver
+    _C.SOLVER.POLY_LR_POWER = 0.9
+    _C.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    # automatic linear LR scaling when IMS_PER_BATCH differs from REFERENCE_WORLD_SIZE*...;
+    # detectron2's own SOLVER.REFERENCE_WORLD_SIZE is used for the GPU count
+    _C.SOLVER.HEAD_LR_MULTIPLIER = 1.0
+
+    # ---------------------------------------------------------------- evaluation / runtime
+    _C.TEST.EVAL_BOTH_MIOU = True
+    _C.TEXTKD = CN()
+    _C.TEXTKD.NONFINITE_CHECK = True  # stop with the loss key when a loss is NaN/inf
