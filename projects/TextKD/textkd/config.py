@@ -46,6 +46,9 @@ def add_textkd_config(cfg: CN) -> None:
     # ---------------------------------------------------------------- fast paths
     _C.MODEL.AMP_DTYPE = ""  # "", "bf16" or "fp16": autocast of the student forward
     _C.MODEL.CHANNELS_LAST = False
+    # DDP find_unused_parameters: "auto" turns it on only where a module may go unused in a step
+    # (text probe fitted then frozen); True/False force it
+    _C.MODEL.DDP_FIND_UNUSED_PARAMETERS = "auto"
 
     # ---------------------------------------------------------------- Label Assisted Distillation
     _C.MODEL.LAD = CN()
@@ -122,9 +125,10 @@ def add_textkd_config(cfg: CN) -> None:
     # ---------------------------------------------------------------- solver
     _C.SOLVER.POLY_LR_POWER = 0.9
     _C.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
-    # automatic linear LR scaling when IMS_PER_BATCH differs from REFERENCE_WORLD_SIZE*...;
-    # detectron2's own SOLVER.REFERENCE_WORLD_SIZE is used for the GPU count
-    _C.SOLVER.HEAD_LR_MULTIPLIER = 1.0
+    # the reference protocol's total batch; a run with another SOLVER.IMS_PER_BATCH logs a warning
+    # with the linearly scaled LR, and applies it when SCALE_LR_WITH_BATCH is True
+    _C.SOLVER.REFERENCE_IMS_PER_BATCH = 16
+    _C.SOLVER.SCALE_LR_WITH_BATCH = False
 
     # ---------------------------------------------------------------- evaluation / runtime
     _C.TEST.EVAL_BOTH_MIOU = True

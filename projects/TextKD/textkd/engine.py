@@ -1,0 +1,248 @@
+"""Training engine (detectron2 layer): config setup, the Trainer, an atomic and strict
+checkpointer, and the student export."""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    create_ddp_model,
+    default_setup,
+)
+from detectron2.engine.train_loop import TrainerBase
+from detectron2.evaluation import DatasetEvaluators
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from . import d2  # noqa: F401  (registers meta-architectures, heads, backbones, datasets)
+from .config import add_textkd_config
+from .data.mapper import TextKDSemSegDatasetMapper
+from .evaluation.cityscapes_evaluation import TextKDCityscapesSemSegEvaluator
+from .evaluation.sem_seg_evaluation import TextKDSemSegEvaluator
+from .modeling.build import check_num_classes
+from .modeling.weights import _first_conv_hint
+from .solver import build_lr_scheduler
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "TextKDCheckpointer", "load_config", "setup", "export_student"]
+
+
+def load_config(config_file: str, opts: list[str] | tuple = ()) -> CfgNode:
+    """detectron2 defaults + TextKD keys, merged with ``config_file`` and ``KEY VALUE`` opts.
+
+    ``MODEL.DEVICE`` falls back to the CPU (with a warning) where CUDA is not available."""
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    cfg = get_cfg()
+    add_textkd_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
+        cfg.MODEL.DEVICE = "cpu"
+    ref = cfg.SOLVER.REFERENCE_IMS_PER_BATCH
+    if ref > 0 and cfg.SOLVER.IMS_PER_BATCH != ref:
+        scaled = cfg.SOLVER.BASE_LR * cfg.SOLVER.IMS_PER_BATCH / ref
+        if cfg.SOLVER.SCALE_LR_WITH_BATCH:
+            logger.warning(
+                "SOLVER.IMS_PER_BATCH %d differs from the reference %d: BASE_LR scaled linearly "
+                "%g -> %g (SOLVER.SCALE_LR_WITH_BATCH)",
+                cfg.SOLVER.IMS_PER_BATCH,
+                ref,
+                cfg.SOLVER.BASE_LR,
+                scaled,
+            )
+            cfg.SOLVER.BASE_LR = scaled
+        else:
+            logger.warning(
+                "SOLVER.IMS_PER_BATCH %d differs from the reference protocol's %d (total over "
+                "all GPUs): published numbers assume %d. Linear scaling would give BASE_LR %g "
+                "(set SOLVER.SCALE_LR_WITH_BATCH True to apply it)",
+                cfg.SOLVER.IMS_PER_BATCH,
+                ref,
+                ref,
+                scaled,
+            )
+    return cfg
+
+
+def setup(args) -> CfgNode:
+    """Config + detectron2's default setup (logging, per-rank seeding, output dir)."""
+    cfg = load_config(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="textkd")
+    return cfg
+
+
+class TextKDCheckpointer(DetectionCheckpointer):
+    """detectron2's checkpointer, made atomic and strict.
+
+    * ``save`` writes to a temporary file, fsyncs and renames, then re-tags ``last_checkpoint``
+      the same way: a run killed while saving never leaves a half-written file as the one to
+      resume from.
+    * loading a model checkpoint fails (naming the file and keys) when the deployable model's
+      keys are missing or mis-shaped, instead of continuing with random weights.
+    """
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        tmp = save_file + ".tmp"
+        self.logger.info("Saving checkpoint to %s", save_file)
+        with open(tmp, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        save_file = os.path.join(self.save_dir, "last_checkpoint")
+        tmp = save_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(last_filename_basename)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, save_file)
+
+    def load(self, path: str, *args, **kwargs):
+        self._loading_path = path
+        return super().load(path, *args, **kwargs)
+
+    def _load_model(self, checkpoint: Any):
+        state = checkpoint.get("model", {})
+        own = self.model.state_dict()
+        path = getattr(self, "_loading_path", "?")
+        for k, v in state.items():
+            if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape):
+                hint = _first_conv_hint(path, k, tuple(v.shape), tuple(own[k].shape), "model")
+                raise ValueError(
+                    hint
+                    or f"checkpoint {path}: '{k}' has shape {tuple(v.shape)} but the model "
+                    f"expects {tuple(own[k].shape)} (a checkpoint of another config?)"
+                )
+        incompatible = super()._load_model(checkpoint)
+        missing = [k for k in incompatible.missing_keys if k.startswith("segmentor.")]
+        if missing:
+            raise ValueError(
+                f"checkpoint {path} lacks {len(missing)} weights of the model "
+                f"(e.g. {missing[:5]}): it was not saved from this config"
+            )
+        return incompatible
+
+
+def _find_unused(cfg) -> bool:
+    v = cfg.MODEL.DDP_FIND_UNUSED_PARAMETERS
+    if isinstance(v, bool):
+        return v
+    if str(v).lower() in ("true", "false"):
+        return str(v).lower() == "true"
+    return cfg.MODEL.META_ARCHITECTURE == "DistillSemanticSegmentor" and (
+        cfg.MODEL.DISTILL.TEXT.PROBE_MODE == "pretrain"
+    )
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's DefaultTrainer with TextKD's mapper, evaluators, poly LR, DDP settings and
+    checkpointer; everything else is detectron2's."""
+
+    def __init__(self, cfg: CfgNode):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(
+            model, broadcast_buffers=False, find_unused_parameters=_find_unused(cfg)
+        )
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = TextKDCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        check_num_classes(cfg)
+        model = super().build_model(cfg)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logging.getLogger("textkd").info("trainable parameters: %.2fM", n_train / 1e6)
+        return model
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=TextKDSemSegDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=TextKDSemSegDatasetMapper(cfg, False)
+        )
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        meta = MetadataCatalog.get(dataset_name)
+        etype = getattr(meta, "evaluator_type", None)
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluators = [TextKDSemSegEvaluator(dataset_name, output_dir=output_folder)]
+        if etype == "cityscapes_sem_seg":
+            evaluators.append(TextKDCityscapesSemSegEvaluator(dataset_name))
+        elif etype != "sem_seg":
+            raise ValueError(
+                f"dataset {dataset_name!r} has evaluator_type {etype!r}; TextKD evaluates "
+                "'sem_seg' and 'cityscapes_sem_seg' datasets"
+            )
+        return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None) -> OrderedDict:
+        return super().test(cfg, model, evaluators)
+
+
+def export_student(model, output: str) -> dict[str, torch.Tensor]:
+    """Write the deployable student of a (distillation) model as a checkpoint the single-model
+    config loads: only ``segmentor.*`` keys, no teacher, adapters, projectors or text buffers."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("segmentor.")}
+    if not state:
+        raise ValueError("the model has no 'segmentor.*' weights to export")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tmp = output + ".tmp"
+    torch.save({"model": state}, tmp)
+    os.replace(tmp, output)
+    return state

@@ -1,0 +1,318 @@
+"""Single-model semantic segmentation meta-architecture (detectron2 layer).
+
+``TextKDSemanticSegmentor`` wraps a core :class:`~textkd.modeling.segmentor.Segmentor`:
+normalisation of ``batched_inputs``, the task loss ``CE(main) + 0.4·CE(aux)`` in training, and
+logits resized to the original image at inference. With ``MODEL.LAD.ENABLED`` it is the
+label-conditioned LAD teacher: trained with two noised-label paths and the dual-path consistency,
+evaluated with the label code and/or a zero label channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from ..distill.lad import alpha_for_pixel_std, dual_path_consistency, label_code, noise_labels
+from .build import build_segmentor_from_cfg
+from .losses import segmentation_losses
+from .outputs import SegOutput
+from .segmentor import Segmentor
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TextKDSemanticSegmentor",
+    "LADSettings",
+    "check_finite_losses",
+    "current_iteration",
+    "normalize_images",
+]
+
+
+def current_iteration() -> int | None:
+    """The trainer's iteration when called inside detectron2's training loop, else None."""
+    try:
+        return get_event_storage().iter
+    except AssertionError:
+        return None
+
+
+def check_finite_losses(losses: dict[str, torch.Tensor]) -> None:
+    """Raise FloatingPointError naming every non-finite loss key and the iteration.
+
+    One device synchronisation for the whole dict (detectron2 synchronises on the losses anyway
+    when it logs them)."""
+    if not losses:
+        return
+    values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+    if bool(torch.isfinite(values).all()):
+        return
+    bad = [k for k, v in zip(losses, values.tolist()) if not torch.isfinite(torch.tensor(v))]
+    it = current_iteration()
+    raise FloatingPointError(
+        f"non-finite loss {', '.join(repr(k) for k in bad)} at iteration {it}: "
+        f"{ {k: float(v) for k, v in zip(losses, values.tolist())} }. Training stopped; "
+        "resume from the last checkpoint with --resume after fixing the cause."
+    )
+
+
+def normalize_images(
+    batched_inputs: list[dict[str, Any]],
+    pixel_mean: torch.Tensor,
+    pixel_std: torch.Tensor,
+    size_divisibility: int,
+    device: torch.device,
+    flip_channels: bool = False,
+) -> ImageList:
+    """``(image − mean) / std`` per image (channels reversed first when ``flip_channels``, for a
+    model whose input format differs from the loader's), padded with zeros to one batch tensor."""
+    images = []
+    for x in batched_inputs:
+        img = x["image"].to(device=device, non_blocking=True).float()
+        if flip_channels:
+            img = img.flip(0)
+        images.append((img - pixel_mean) / pixel_std)
+    return ImageList.from_tensors(images, size_divisibility, padding_constraints=None)
+
+
+class LADSettings:
+    """Label channel settings of a label-conditioned (LAD) model."""
+
+    def __init__(
+        self,
+        alpha: float,
+        sigma: float,
+        code_sigma: float,
+        dual_path: bool,
+        consistency_weight: float,
+        consistency_temperature: float,
+        eval_label: str,
+    ):
+        if eval_label not in ("code", "zero", "both"):
+            raise ValueError(f"MODEL.LAD.EVAL_LABEL must be code, zero or both, got {eval_label!r}")
+        self.alpha = alpha
+        self.sigma = sigma
+        self.code_sigma = code_sigma
+        self.dual_path = dual_path
+        self.consistency_weight = consistency_weight
+        self.consistency_temperature = consistency_temperature
+        self.eval_label = eval_label
+
+    @classmethod
+    def from_cfg(cls, cfg) -> LADSettings | None:
+        if not cfg.MODEL.LAD.ENABLED:
+            if cfg.MODEL.SEG_BACKBONE.IN_CHANS != 3:
+                raise ValueError(
+                    f"MODEL.SEG_BACKBONE.IN_CHANS is {cfg.MODEL.SEG_BACKBONE.IN_CHANS} but "
+                    "MODEL.LAD.ENABLED is False: only a LAD label-conditioned model takes extra "
+                    "input channels (set MODEL.LAD.ENABLED True, or IN_CHANS 3)"
+                )
+            return None
+        if cfg.MODEL.SEG_BACKBONE.IN_CHANS != 4:
+            raise ValueError(
+                "MODEL.LAD.ENABLED needs a 4-channel backbone (3 image + 1 label channel); "
+                f"MODEL.SEG_BACKBONE.IN_CHANS is {cfg.MODEL.SEG_BACKBONE.IN_CHANS}"
+            )
+        return cls(
+            alpha=alpha_for_pixel_std(cfg.MODEL.PIXEL_STD, cfg.MODEL.LAD.ALPHA),
+            sigma=cfg.MODEL.LAD.SIGMA,
+            code_sigma=cfg.MODEL.LAD.CODE_SIGMA,
+            dual_path=cfg.MODEL.LAD.DUAL_PATH,
+            consistency_weight=cfg.MODEL.LAD.CONSISTENCY_WEIGHT,
+            consistency_temperature=cfg.MODEL.LAD.CONSISTENCY_TEMPERATURE,
+            eval_label=cfg.MODEL.LAD.EVAL_LABEL,
+        )
+
+
+def _autocast(device: torch.device, dtype_name: str):
+    if not dtype_name:
+        return torch.autocast(device_type=device.type, enabled=False)
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype_name not in dtypes:
+        raise ValueError(f"AMP dtype must be '', 'bf16' or 'fp16', got {dtype_name!r}")
+    return torch.autocast(device_type=device.type, dtype=dtypes[dtype_name])
+
+
+@META_ARCH_REGISTRY.register()
+class TextKDSemanticSegmentor(nn.Module):
+    """One segmentation model (backbone + head + aux head) trained with CE + aux_weight·CE_aux."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        segmentor: Segmentor,
+        pixel_mean: tuple[float, ...],
+        pixel_std: tuple[float, ...],
+        aux_weight: float = 0.4,
+        ignore_value: int = 255,
+        size_divisibility: int = -1,
+        lad: LADSettings | None = None,
+        amp_dtype: str = "",
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.segmentor = segmentor
+        self.num_classes = segmentor.num_classes
+        self.aux_weight = aux_weight
+        self.ignore_value = ignore_value
+        self.size_divisibility = size_divisibility
+        self.lad = lad
+        self.amp_dtype = amp_dtype
+        self.channels_last = channels_last
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        if channels_last:
+            self.segmentor.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict[str, Any]:
+        return {
+            "segmentor": build_segmentor_from_cfg(cfg),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "aux_weight": cfg.MODEL.SEM_SEG_HEAD.AUX_WEIGHT,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "lad": LADSettings.from_cfg(cfg),
+            "amp_dtype": cfg.MODEL.AMP_DTYPE,
+            "channels_last": cfg.MODEL.CHANNELS_LAST,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------ input
+    def preprocess(
+        self, batched_inputs: list[dict[str, Any]], need_targets: bool
+    ) -> tuple[ImageList, torch.Tensor | None]:
+        """Normalised, padded images and (when asked and available) the padded label maps."""
+        images = normalize_images(
+            batched_inputs, self.pixel_mean, self.pixel_std, self.size_divisibility, self.device
+        )
+        targets = None
+        if need_targets:
+            if any("sem_seg" not in x for x in batched_inputs):
+                missing = [x.get("file_name", "?") for x in batched_inputs if "sem_seg" not in x]
+                raise KeyError(
+                    f"the model needs the ground-truth label ('sem_seg') for {missing[:3]}: "
+                    "use textkd's TextKDSemSegDatasetMapper, which loads it"
+                )
+            targets = ImageList.from_tensors(
+                [x["sem_seg"].to(self.device, non_blocking=True) for x in batched_inputs],
+                self.size_divisibility,
+                pad_value=self.ignore_value,
+            ).tensor
+        return images, targets
+
+    def _label_input(self, x: torch.Tensor, targets: torch.Tensor, mode: str) -> torch.Tensor:
+        """Append the LAD label channel: a fresh noised draw ("noise"), the deterministic code
+        ("code") or zeros ("zero")."""
+        assert self.lad is not None
+        if mode == "noise":
+            ch = noise_labels(
+                targets, self.num_classes, self.ignore_value, self.lad.alpha, self.lad.sigma
+            )
+        elif mode == "code":
+            ch = label_code(
+                targets, self.num_classes, self.ignore_value, self.lad.alpha, self.lad.code_sigma
+            )
+        else:
+            ch = x.new_zeros(x.shape[0], 1, *x.shape[2:])
+        return torch.cat([x, ch.to(x.dtype)], dim=1)
+
+    def run_segmentor(self, x: torch.Tensor, with_aux: bool | None = None) -> SegOutput:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(x.device, self.amp_dtype):
+            out = self.segmentor(x, with_aux=with_aux)
+        if self.amp_dtype:
+            out = SegOutput(
+                logits=out.logits.float(),
+                feature=out.feature.float(),
+                aux_logits=None if out.aux_logits is None else out.aux_logits.float(),
+                extras={k: v.float() for k, v in out.extras.items()},
+            )
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: list[dict[str, Any]]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        images, targets = self.preprocess(batched_inputs, need_targets=True)
+        losses = self.training_losses(images.tensor, targets)
+        check_finite_losses(losses)
+        return losses
+
+    def task_losses(self, out: SegOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        return segmentation_losses(out, targets, self.aux_weight, self.ignore_value)
+
+    def training_losses(self, x: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.lad is None:
+            return self.task_losses(self.run_segmentor(x, with_aux=True), targets)
+        if not self.lad.dual_path:
+            out = self.run_segmentor(self._label_input(x, targets, "noise"), with_aux=True)
+            return self.task_losses(out, targets)
+        # dual path: two independent label draws of the same image, symmetric stop-gradient CWD
+        out1 = self.run_segmentor(self._label_input(x, targets, "noise"), with_aux=True)
+        out2 = self.run_segmentor(self._label_input(x, targets, "noise"), with_aux=True)
+        losses = {}
+        for i, out in ((1, out1), (2, out2)):
+            losses.update({f"{k}_path{i}": v for k, v in self.task_losses(out, targets).items()})
+        if self.lad.consistency_weight > 0:
+            losses["loss_consistency"] = self.lad.consistency_weight * dual_path_consistency(
+                out1.logits, out2.logits, self.lad.consistency_temperature
+            )
+        return losses
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
+        """Per image ``{"sem_seg": K×H×W scores}`` at the original image size. A LAD model
+        returns its prediction with the label code under ``sem_seg`` and without the label
+        (zero channel) under ``sem_seg_zero_label``, as ``MODEL.LAD.EVAL_LABEL`` asks."""
+        need_targets = self.lad is not None and self.lad.eval_label in ("code", "both")
+        images, targets = self.preprocess(batched_inputs, need_targets=need_targets)
+        x = images.tensor
+        runs: dict[str, torch.Tensor] = {}
+        if self.lad is None:
+            runs["sem_seg"] = self.run_segmentor(x, with_aux=False).logits
+        else:
+            if self.lad.eval_label in ("code", "both"):
+                runs["sem_seg"] = self.run_segmentor(
+                    self._label_input(x, targets, "code"), with_aux=False
+                ).logits
+            if self.lad.eval_label in ("zero", "both"):
+                key = "sem_seg" if self.lad.eval_label == "zero" else "sem_seg_zero_label"
+                runs[key] = self.run_segmentor(
+                    self._label_input(x, targets, "zero"), with_aux=False
+                ).logits
+        return self.postprocess(runs, batched_inputs, images)
+
+    def postprocess(
+        self,
+        runs: dict[str, torch.Tensor],
+        batched_inputs: list[dict[str, Any]],
+        images: ImageList,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Bilinearly upsample stride-8 logits to the padded input, crop each image, resize to
+        its original ``height``×``width``."""
+        pad_size = images.tensor.shape[-2:]
+        results: list[dict[str, torch.Tensor]] = [{} for _ in batched_inputs]
+        for key, logits in runs.items():
+            logits = nn.functional.interpolate(
+                logits.float(), size=pad_size, mode="bilinear", align_corners=False
+            )
+            for i, (res, inp, size) in enumerate(zip(logits, batched_inputs, images.image_sizes)):
+                h = inp.get("height", size[0])
+                w = inp.get("width", size[1])
+                results[i][key] = sem_seg_postprocess(res, size, h, w)
+        return results

@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Export the deployable student of a distillation checkpoint.
+
+The output holds only the student's weights (``segmentor.*``): no teacher, adapters, projectors
+or text buffers. It loads into the single-model config of the same student::
+
+    python tools/export_student.py --config-file configs/.../deeplabv3_r18_cwd_tcd_trd.yaml \
+        --weights output/model_final.pth --output student.pth
+    python tools/train_net.py --config-file <same yaml> --eval-only \
+        MODEL.META_ARCHITECTURE TextKDSemanticSegmentor MODEL.WEIGHTS student.pth
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "TextKD")
+)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--config-file", required=True)
+    ap.add_argument("--weights", required=True, help="distillation (or single-model) checkpoint")
+    ap.add_argument("--output", required=True)
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = ap.parse_args(argv)
+
+    from detectron2.modeling import build_model
+    from textkd.engine import TextKDCheckpointer, export_student, load_config
+
+    cfg = load_config(args.config_file, args.opts)
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    TextKDCheckpointer(model).load(args.weights, checkpointables=[])
+    state = export_student(model, args.output)
+    n = sum(v.numel() for v in state.values())
+    print(f"wrote {args.output}: {len(state)} tensors, {n / 1e6:.2f}M values (student only)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
