@@ -1,0 +1,278 @@
+"""Distillation composed by configuration: named terms -> one ``Distiller`` -> a dict of losses.
+
+A term says which loss (``METHOD``), on which model output (``INPUT``: ``logits``, ``feature``,
+``aux_logits`` or an ``extras`` key of ``SegOutput``), with which weight and parameters. In a
+detectron2 config (``MODEL.DISTILL.TERMS``) a term looks like::
+
+    TERMS:
+      cwd_logits: {METHOD: cwd, INPUT: logits, WEIGHT: 3.0, TEMPERATURE: 4.0}
+
+``parse_terms`` turns such a mapping into ``TermSpec`` records (the method's own parameters are
+the upper-case spelling of the loss function's keyword arguments); ``Distiller`` evaluates them
+and returns ``{"loss_<name>": weight * loss}``. The reference settings of METHODS.md are in
+``DEFAULTS``, in the same config form.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..modeling.outputs import SegOutput
+from .losses import channel_wise_divergence, cirkd_pixel_pairs, dist, ifvd, pixel_kd, structural_kd
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["METHODS", "DEFAULTS", "TermSpec", "parse_terms", "Distiller", "accepted_params"]
+
+#: method name -> loss function (student map, teacher map, **params) -> scalar
+METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "kd": pixel_kd,
+    "cwd": channel_wise_divergence,
+    "skd": structural_kd,
+    "ifvd": ifvd,
+    "cirkd": cirkd_pixel_pairs,
+    "dist": dist,
+}
+
+#: the model output a method reads when a term gives no INPUT
+DEFAULT_INPUT: dict[str, str] = {
+    "kd": "logits",
+    "cwd": "logits",
+    "dist": "logits",
+    "skd": "feature",
+    "ifvd": "feature",
+    "cirkd": "feature",
+}
+
+#: the reference settings of METHODS.md section 1, as config terms (name -> node)
+DEFAULTS: dict[str, dict[str, Any]] = {
+    # Hinton pixel KD: τ = 1, weight 1
+    "kd": {"METHOD": "kd", "INPUT": "logits", "WEIGHT": 1.0, "TEMPERATURE": 1.0},
+    # channel-wise distillation on logits: τ = 4, weight 3
+    "cwd_logits": {"METHOD": "cwd", "INPUT": "logits", "WEIGHT": 3.0, "TEMPERATURE": 4.0},
+    # channel-wise distillation on features: weight 50 (1×1 adapter when channels differ)
+    "cwd_feature": {"METHOD": "cwd", "INPUT": "feature", "WEIGHT": 50.0, "TEMPERATURE": 4.0},
+    # structural (pair-wise) KD: weight 10
+    "skd": {"METHOD": "skd", "INPUT": "feature", "WEIGHT": 10.0},
+    # intra-class feature variation distillation: weight 20
+    "ifvd": {"METHOD": "ifvd", "INPUT": "feature", "WEIGHT": 20.0},
+    # CIRKD mini-batch pixel pairs: τ = 0.1, weight 1
+    "cirkd": {"METHOD": "cirkd", "INPUT": "feature", "WEIGHT": 1.0, "TEMPERATURE": 0.1},
+    # DIST: β = γ = 1, weight 1 on logits and 0.4 more on the aux logits
+    "dist": {"METHOD": "dist", "INPUT": "logits", "WEIGHT": 1.0, "BETA": 1.0, "GAMMA": 1.0},
+    "dist_aux": {"METHOD": "dist", "INPUT": "aux_logits", "WEIGHT": 0.4, "BETA": 1.0, "GAMMA": 1.0},
+}
+
+# arguments the Distiller supplies itself (never set in a term)
+_SUPPLIED = {"labels", "num_classes", "ignore_label"}
+# outputs that hold class scores: their channel counts must agree, no adapter
+_CLASS_OUTPUTS = ("logits", "aux_logits")
+
+
+def accepted_params(method: str) -> list[str]:
+    """Lower-case names of the parameters a term of ``method`` may set: the keyword arguments
+    (with defaults) of its loss function, minus those the Distiller supplies."""
+    if method not in METHODS:
+        raise ValueError(f"unknown distillation method {method!r}; choices: {sorted(METHODS)}")
+    sig = inspect.signature(METHODS[method])
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.default is not inspect.Parameter.empty and p.name not in _SUPPLIED
+    ]
+
+
+def _needs_targets(method: str) -> bool:
+    return "labels" in inspect.signature(METHODS[method]).parameters
+
+
+@dataclass
+class TermSpec:
+    """One distillation term: ``weight * METHODS[method](student.get(input), teacher.get(input),
+    **params)``, reported as ``loss_<name>``."""
+
+    name: str
+    method: str
+    input: str = "logits"
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "." in self.name:
+            raise ValueError(f"term name must be a non-empty string without '.', got {self.name!r}")
+        if self.method not in METHODS:
+            raise ValueError(
+                f"term {self.name!r}: unknown method {self.method!r}; choices: {sorted(METHODS)}"
+            )
+        if not isinstance(self.input, str) or not self.input:
+            raise ValueError(
+                f"term {self.name!r}: input must be an output name, got {self.input!r}"
+            )
+        try:
+            self.weight = float(self.weight)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"term {self.name!r}: weight must be a number, got {self.weight!r}"
+            ) from None
+        if not self.weight >= 0:
+            raise ValueError(f"term {self.name!r}: weight must be >= 0, got {self.weight!r}")
+        accepted = accepted_params(self.method)
+        for key in self.params:
+            if key not in accepted:
+                raise ValueError(
+                    f"term {self.name!r}: unknown parameter {key!r} for method {self.method!r}; "
+                    f"accepted: {accepted}"
+                )
+        self.params = dict(self.params)
+
+    @property
+    def enabled(self) -> bool:
+        """A term with weight 0 is disabled."""
+        return self.weight != 0.0
+
+    @property
+    def needs_targets(self) -> bool:
+        """Whether the loss needs the ground-truth label map (IFVD)."""
+        return _needs_targets(self.method)
+
+
+def parse_terms(terms: Mapping[str, Mapping[str, Any]]) -> list[TermSpec]:
+    """Build ``TermSpec`` records from a mapping ``{name: {METHOD, INPUT, WEIGHT, <PARAMS>}}``
+    (a detectron2 ``CfgNode`` works: it is a dict). ``METHOD`` is required; ``INPUT`` defaults to
+    the method's usual input (``DEFAULT_INPUT``), ``WEIGHT`` to 1. Any other key is the
+    upper-case name of a keyword argument of the loss function. Terms with ``WEIGHT: 0`` are
+    disabled and left out. Raises ValueError naming the term and key at fault."""
+    if not isinstance(terms, Mapping):
+        raise ValueError(f"distillation terms must be a mapping name -> node, got {type(terms)}")
+    specs: list[TermSpec] = []
+    for name, node in terms.items():
+        if not isinstance(node, Mapping):
+            raise ValueError(
+                f"distillation term {name!r} must be a mapping with METHOD/INPUT/WEIGHT, "
+                f"got {node!r}"
+            )
+        if "METHOD" not in node:
+            raise ValueError(
+                f"distillation term {name!r} has no METHOD; choices: {sorted(METHODS)}"
+            )
+        method = str(node["METHOD"]).lower()
+        if method not in METHODS:
+            raise ValueError(
+                f"distillation term {name!r}: unknown METHOD {node['METHOD']!r}; "
+                f"choices: {sorted(METHODS)}"
+            )
+        accepted = accepted_params(method)
+        params: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("METHOD", "INPUT", "WEIGHT"):
+                continue
+            if not isinstance(key, str) or key.lower() not in accepted:
+                raise ValueError(
+                    f"distillation term {name!r}: unknown key {key!r} for METHOD {method!r}; "
+                    f"accepted: {['METHOD', 'INPUT', 'WEIGHT'] + [a.upper() for a in accepted]}"
+                )
+            params[key.lower()] = value
+        spec = TermSpec(
+            name=str(name),
+            method=method,
+            input=str(node.get("INPUT", DEFAULT_INPUT[method])),
+            weight=node.get("WEIGHT", 1.0),
+            params=params,
+        )
+        if not spec.enabled:
+            logger.info("distillation term %r has WEIGHT 0: disabled", spec.name)
+            continue
+        specs.append(spec)
+    return specs
+
+
+class Distiller(nn.Module):
+    """Evaluates distillation terms on a (student, teacher) pair of ``SegOutput`` records:
+    ``forward`` returns ``{"loss_<name>": weight * loss}``.
+
+    For a term on a non-class output (``feature`` or an extras key) whose student and teacher
+    channel counts differ, a learnable 1×1 conv adapter (student -> teacher channels, no bias, as
+    the CIRKD code) maps the student map first; one adapter per term, in ``self.adapters`` under
+    the term's name. Adapters train with the student and are not part of the deployed model.
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[TermSpec],
+        student_channels: Mapping[str, int],
+        teacher_channels: Mapping[str, int],
+        num_classes: int,
+        ignore_label: int = 255,
+    ) -> None:
+        super().__init__()
+        self.specs: list[TermSpec] = [s for s in specs if s.enabled]
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        self.adapters = nn.ModuleDict()
+        names = [s.name for s in self.specs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate distillation term names: {duplicates}")
+        for spec in self.specs:
+            for who, channels in (("student", student_channels), ("teacher", teacher_channels)):
+                if spec.input not in channels or channels[spec.input] is None:
+                    available = [k for k, v in channels.items() if v is not None]
+                    raise ValueError(
+                        f"term {spec.name!r}: the {who} has no output {spec.input!r}; "
+                        f"available: {available}"
+                    )
+            cs, ct = int(student_channels[spec.input]), int(teacher_channels[spec.input])
+            if cs == ct:
+                continue
+            if spec.input in _CLASS_OUTPUTS:
+                raise ValueError(
+                    f"term {spec.name!r}: student {spec.input} has {cs} classes but the teacher's "
+                    f"has {ct}; class scores cannot be adapted"
+                )
+            self.adapters[spec.name] = nn.Conv2d(cs, ct, kernel_size=1, bias=False)
+            logger.info("term %r: 1×1 adapter %d -> %d channels", spec.name, cs, ct)
+
+    @property
+    def needs_aux(self) -> bool:
+        """Whether some term reads ``aux_logits`` (so the teacher must compute them)."""
+        return any(s.input == "aux_logits" for s in self.specs)
+
+    @property
+    def needs_targets(self) -> bool:
+        """Whether some term needs the ground-truth labels (``forward(..., targets)``)."""
+        return any(s.needs_targets for s in self.specs)
+
+    def forward(
+        self, student: SegOutput, teacher: SegOutput, targets: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``{"loss_<name>": weight * loss(adapter(student.<input>), teacher.<input>)}`` for every
+        enabled term; ``targets`` (N×H×W labels) is required when ``needs_targets``."""
+        losses: dict[str, torch.Tensor] = {}
+        for spec in self.specs:
+            s = student.get(spec.input)
+            t = teacher.get(spec.input)
+            if spec.name in self.adapters:
+                s = self.adapters[spec.name](s)
+            kwargs = dict(spec.params)
+            if spec.needs_targets:
+                if targets is None:
+                    raise ValueError(
+                        f"term {spec.name!r} ({spec.method}) needs the ground-truth labels, "
+                        "but targets is None"
+                    )
+                kwargs.update(
+                    labels=targets, num_classes=self.num_classes, ignore_label=self.ignore_label
+                )
+            loss = METHODS[spec.method](s, t, **kwargs)
+            losses[f"loss_{spec.name}"] = spec.weight * loss
+        return losses
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{s.name}={s.method}({s.input})×{s.weight:g}" for s in self.specs)
