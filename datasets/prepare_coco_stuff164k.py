@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Prepare COCO-Stuff-164K for TextKD: write `coco/stuffthingmaps_detectron2/{train2017,val2017}/*.png`
+(182 COCO-Stuff values -> 171 contiguous train ids, the 11 never-used thing ids -> 255). The 182-way
+protocol reads the raw `stuffthingmaps` and needs no preparation. Idempotent: finished files are
+skipped. Ends with an integrity report.
+
+    python datasets/prepare_coco_stuff164k.py [--root $DETECTRON2_DATASETS] [--workers N]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from textkd.data.datasets.coco_stuff import (
+    coco_stuff_164k_conversions,
+    convert_coco_stuff_164k_label,
+)
+from textkd.data.datasets.common import (
+    SplitReport,
+    convert_many,
+    exit_status,
+    format_reports,
+    parse_prepare_args,
+)
+
+SPLITS = (
+    "train",
+    "val",
+)
+
+
+def prepare_coco_stuff164k(root: str, workers: int | None = None) -> list[SplitReport]:
+    """Write the prepared label maps of every split under ``root``; one report per split."""
+    reports = []
+    for split in SPLITS:
+        jobs, report = coco_stuff_164k_conversions(root, split)
+        reports.append(convert_many(convert_coco_stuff_164k_label, jobs, report, workers))
+    return reports
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    root, workers = parse_prepare_args(__doc__, argv)
+    try:
+        reports = prepare_coco_stuff164k(root, workers)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_reports(reports))
+    return exit_status(reports)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""ADE20K SceneParsing (ADEChallengeData2016), 150 classes.
+
+Layout (as downloaded, ``ADEChallengeData2016.zip``)::
+
+    {root}/ADEChallengeData2016/images/{training,validation}/ADE_*.jpg
+    {root}/ADEChallengeData2016/annotations/{training,validation}/ADE_*.png   0 = other, 1..150
+
+``datasets/prepare_ade20k.py`` writes ``annotations_detectron2/{training,validation}/*.png`` with
+``value - 1`` and 0 -> 255 (the folder detectron2's builtin ``ade20k_sem_seg_*`` also expects).
+The split is the folder (the release ships no split lists). Splits: ``train`` (training, 20210)
+and ``val`` (validation, 2000).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from .common import (
+    Conversion,
+    SplitReport,
+    build_lut,
+    check_split_size,
+    datasets_root,
+    list_files,
+    make_record,
+    missing_label_error,
+    not_prepared_error,
+    orphan_label_error,
+    prepare_command,
+    read_label_png,
+    require_dir,
+    unexpected_values,
+    write_label_png,
+)
+
+logger = logging.getLogger(__name__)
+
+ADE20K_SPLITS: dict[str, tuple[str, int]] = {
+    "train": ("training", 20210),
+    "val": ("validation", 2000),
+}
+ADE20K_NUM_CLASSES = 150
+SCRIPT = "prepare_ade20k.py"
+PREPARED_DIR = "annotations_detectron2"
+# value v in 1..150 -> v - 1; 0 ("other") and anything above 150 -> 255
+ADE20K_LUT = build_lut({v: v - 1 for v in range(1, ADE20K_NUM_CLASSES + 1)})
+
+
+def ade20k_dir(root: str | None) -> str:
+    """``{root}/ADEChallengeData2016``."""
+    return os.path.join(datasets_root(root), "ADEChallengeData2016")
+
+
+def _folder(split: str) -> str:
+    if split not in ADE20K_SPLITS:
+        raise KeyError(f"unknown ADE20K split '{split}'; choose from {list(ADE20K_SPLITS)}")
+    return ADE20K_SPLITS[split][0]
+
+
+def _hint(root: str) -> str:
+    return (
+        f"Unzip ADEChallengeData2016.zip into {datasets_root(root)} and run "
+        f"`{prepare_command(SCRIPT, root)}`"
+    )
+
+
+def convert_ade20k_label(src: str, dst: str) -> list[int]:
+    """Write ``dst = src - 1`` with 0 -> 255. Returns values of ``src`` outside 0..150."""
+    raw = read_label_png(src)
+    if raw.dtype != np.uint8:
+        raise ValueError(f"{src}: expected 8-bit class ids, got dtype {raw.dtype}")
+    write_label_png(dst, ADE20K_LUT[raw])
+    return unexpected_values(raw, range(ADE20K_NUM_CLASSES + 1))
+
+
+def ade20k_conversions(root: str | None, split: str) -> tuple[list[Conversion], SplitReport]:
+    """The ``annotations`` -> ``annotations_detectron2`` jobs of a split and a report with the
+    image count and images without annotation (or the reverse)."""
+    folder = _folder(split)
+    root = datasets_root(root)
+    base = ade20k_dir(root)
+    image_dir = require_dir(
+        os.path.join(base, "images", folder), f"ADE20K {split} images", _hint(root)
+    )
+    raw_dir = require_dir(
+        os.path.join(base, "annotations", folder), f"ADE20K {split} labels", _hint(root)
+    )
+    report = SplitReport("ade20k", split, expected=ADE20K_SPLITS[split][1])
+    stems = [n[:-4] for n in list_files(image_dir, ".jpg")]
+    report.images = len(stems)
+    raw = {n[:-4] for n in list_files(raw_dir, ".png")}
+    out_dir = os.path.join(base, PREPARED_DIR, folder)
+    jobs = []
+    for s in stems:
+        if s not in raw:
+            report.missing.append(os.path.join(raw_dir, s + ".png"))
+            continue
+        src = os.path.join(raw_dir, s + ".png")
+        jobs.append(Conversion(src, os.path.join(out_dir, s + ".png"), src))
+    report.missing.extend(
+        f"{os.path.join(raw_dir, s + '.png')} (no image)" for s in sorted(raw - set(stems))
+    )
+    return jobs, report
+
+
+def load_ade20k(root: str | None, split: str) -> list[dict]:
+    """Records of an ADE20K split (``train`` / ``val``) with prepared labels."""
+    folder = _folder(split)
+    root = datasets_root(root)
+    base = ade20k_dir(root)
+    image_dir = require_dir(
+        os.path.join(base, "images", folder), f"ADE20K {split} images", _hint(root)
+    )
+    label_dir = os.path.join(base, PREPARED_DIR, folder)
+    raw_dir = os.path.join(base, "annotations", folder)
+    if not os.path.isdir(label_dir):
+        if os.path.isdir(raw_dir):
+            raise not_prepared_error("ADE20K", label_dir, raw_dir, SCRIPT, root)
+        require_dir(label_dir, f"ADE20K {split} labels", _hint(root))
+    stems = [n[:-4] for n in list_files(image_dir, ".jpg")]
+    labels = {n[:-4] for n in list_files(label_dir, ".png")}
+    records = []
+    for s in stems:
+        image, label = os.path.join(image_dir, s + ".jpg"), os.path.join(label_dir, s + ".png")
+        if s not in labels:
+            raise missing_label_error(
+                "ADE20K", image, label, os.path.join(raw_dir, s + ".png"), SCRIPT, root
+            )
+        records.append(make_record(image, label))
+    for s in sorted(labels - set(stems)):
+        raise orphan_label_error(
+            "ADE20K", os.path.join(label_dir, s + ".png"), os.path.join(image_dir, s + ".jpg")
+        )
+    check_split_size("ADE20K", split, len(records), ADE20K_SPLITS[split][1])
+    logger.info("ADE20K %s: %d images from %s", split, len(records), image_dir)
+    return records

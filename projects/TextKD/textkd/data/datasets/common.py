@@ -1,0 +1,354 @@
+"""Shared helpers of the dataset loaders and prepare scripts (framework-free).
+
+A loader returns detectron2-style records ``{"file_name", "sem_seg_file_name"[, "height",
+"width"]}``. Prepared label maps are single-channel 8-bit PNGs of contiguous train ids with
+ignore = 255; the prepare scripts write them with :func:`convert_many`, which skips finished
+outputs, runs on a process pool with a progress bar and returns a :class:`SplitReport`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IGNORE_LABEL = 255
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """The raw dataset is there but the prepared labels are not: the message names the prepare
+    script to run. A FileNotFoundError so callers can treat both cases alike."""
+
+
+def datasets_root(root: str | None = None) -> str:
+    """The dataset root: ``root`` when given, else ``$DETECTRON2_DATASETS``, else ``./datasets``."""
+    if root:
+        return root
+    return os.environ.get("DETECTRON2_DATASETS", "datasets")
+
+
+def prepare_command(script: str, root: str) -> str:
+    """The shell command that prepares a dataset, e.g. ``python datasets/prepare_voc.py --root R``."""
+    return f"python datasets/{script} --root {root}"
+
+
+def require_dir(path: str, what: str, hint: str = "") -> str:
+    """Return ``path`` if it is a directory, else raise FileNotFoundError naming it and ``hint``."""
+    if not os.path.isdir(path):
+        msg = f"{what}: expected directory {path} does not exist"
+        raise FileNotFoundError(msg + (f". {hint}" if hint else ""))
+    return path
+
+
+def require_file(path: str, what: str, hint: str = "") -> str:
+    """Return ``path`` if it is a file, else raise FileNotFoundError naming it and ``hint``."""
+    if not os.path.isfile(path):
+        msg = f"{what}: expected file {path} does not exist"
+        raise FileNotFoundError(msg + (f". {hint}" if hint else ""))
+    return path
+
+
+def read_split_list(path: str, hint: str = "") -> list[str]:
+    """Read an official split list: one entry per line (the first whitespace-separated token),
+    blank lines and ``#`` comments skipped, order kept, duplicates removed."""
+    require_file(path, "split list", hint)
+    seen: dict[str, None] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            seen.setdefault(line.split()[0], None)
+    return list(seen)
+
+
+def write_split_list(path: str, names: Iterable[str]) -> None:
+    """Write one name per line (atomically: a temporary file renamed into place)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(f"{n}\n" for n in names)
+    os.replace(tmp, path)
+
+
+def list_files(directory: str, suffix: str) -> list[str]:
+    """Sorted file names in ``directory`` (not recursive) that end with ``suffix`` (hidden files,
+    e.g. temporary outputs of an interrupted run, are skipped)."""
+    return sorted(n for n in os.listdir(directory) if n.endswith(suffix) and not n.startswith("."))
+
+
+def check_split_size(dataset: str, split: str, found: int, expected: int | None) -> bool:
+    """Compare the number of images of a split with the official count; log a warning saying how
+    many are missing (or extra) when they differ. Returns True when they match."""
+    if expected is None or found == expected:
+        return True
+    if found < expected:
+        logger.warning(
+            "%s %s: found %d images, the official split has %d (%d missing); "
+            "the download may be incomplete",
+            dataset,
+            split,
+            found,
+            expected,
+            expected - found,
+        )
+    else:
+        logger.warning(
+            "%s %s: found %d images, the official split has %d (%d extra)",
+            dataset,
+            split,
+            found,
+            expected,
+            found - expected,
+        )
+    return False
+
+
+def build_lut(mapping: dict[int, int], default: int = IGNORE_LABEL) -> np.ndarray:
+    """A 256-entry uint8 look-up table: ``lut[v] = mapping.get(v, default)``."""
+    lut = np.full(256, default, dtype=np.uint8)
+    for src, dst in mapping.items():
+        if 0 <= src < 256:
+            lut[src] = IGNORE_LABEL if dst < 0 else dst
+    return lut
+
+
+def read_label_png(path: str) -> np.ndarray:
+    """Read a label PNG as a 2-D array of its stored values: palette images keep their palette
+    indices (never converted to luminance). Raises FileNotFoundError / ValueError naming ``path``
+    when it is missing, unreadable or not single-channel."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"label file {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except Exception as e:  # PIL raises several types for corrupt files
+        raise ValueError(f"cannot read label file {path}: {e}") from e
+    if arr.ndim != 2:
+        raise ValueError(
+            f"label file {path} has shape {arr.shape}: a label map must be a single-channel "
+            f"image of class ids"
+        )
+    return arr
+
+
+def write_label_png(path: str, label: np.ndarray, palette: Sequence[int] | None = None) -> None:
+    """Write a label map as a single-channel 8-bit PNG (palette PNG when ``palette`` is given),
+    atomically: a temporary file is renamed into place so an interrupted run leaves no partial
+    output behind."""
+    if label.ndim != 2:
+        raise ValueError(f"label for {path} must be 2-D, got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label for {path} has values outside 0..255")
+    im = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8))  # mode "L"
+    if palette is not None:
+        im.putpalette(list(palette))  # becomes a "P" image with the same indices
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    # hidden temporary name: directory listings skip it if a run is interrupted
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}.png")
+    im.save(tmp)
+    os.replace(tmp, path)
+
+
+def unexpected_values(label: np.ndarray, valid: Iterable[int]) -> list[int]:
+    """The sorted distinct values of ``label`` that are not in ``valid``."""
+    values = np.unique(label)
+    valid_set = set(int(v) for v in valid)
+    return [int(v) for v in values if int(v) not in valid_set]
+
+
+# ---------------------------------------------------------------- conversion with a report
+
+
+@dataclass
+class Conversion:
+    """One label conversion job: read ``src``, write ``dst`` (``name`` is shown in reports)."""
+
+    src: str
+    dst: str
+    name: str = ""
+
+
+@dataclass
+class SplitReport:
+    """Integrity report of one prepared split."""
+
+    dataset: str
+    split: str
+    expected: int | None = None
+    images: int = 0
+    written: int = 0
+    skipped: int = 0
+    missing: list[str] = field(default_factory=list)  # images without a label source, or reverse
+    bad_values: dict[str, list[int]] = field(default_factory=dict)  # file -> unexpected values
+    failed: dict[str, str] = field(default_factory=dict)  # file -> error
+
+    @property
+    def ok(self) -> bool:
+        """True when the split is complete and clean."""
+        complete = self.expected is None or self.images == self.expected
+        return complete and not self.missing and not self.bad_values and not self.failed
+
+    def format(self) -> str:
+        """A few human-readable lines: counts, then what is missing or wrong (first 10 each)."""
+        exp = "?" if self.expected is None else str(self.expected)
+        lines = [
+            f"{self.dataset} {self.split}: {self.images}/{exp} images, labels written "
+            f"{self.written}, already done {self.skipped} -> {'OK' if self.ok else 'PROBLEMS'}"
+        ]
+        if self.expected is not None and self.images != self.expected:
+            diff = self.expected - self.images
+            lines.append(f"  {abs(diff)} images {'missing' if diff > 0 else 'more than expected'}")
+        for title, items in (
+            ("missing files", self.missing),
+            (
+                "unexpected label values (mapped to 255)",
+                [f"{k}: {v}" for k, v in self.bad_values.items()],
+            ),
+            ("failed", [f"{k}: {v}" for k, v in self.failed.items()]),
+        ):
+            if items:
+                lines.append(f"  {len(items)} {title}:")
+                lines.extend(f"    {it}" for it in items[:10])
+                if len(items) > 10:
+                    lines.append(f"    ... and {len(items) - 10} more")
+        return "\n".join(lines)
+
+
+def _run_one(args: tuple[Callable[[str, str], list[int]], Conversion, bool]):
+    fn, job, verify = args
+    try:
+        if os.path.isfile(job.dst):
+            bad: list[int] = []
+            if verify:
+                # a finished output is only re-read, never rewritten
+                read_label_png(job.dst)
+            return job, "skipped", bad, ""
+        bad = fn(job.src, job.dst)
+        return job, "written", bad, ""
+    except Exception as e:  # reported per file, the run goes on
+        return job, "failed", [], f"{type(e).__name__}: {e}"
+
+
+def convert_many(
+    fn: Callable[[str, str], list[int]],
+    jobs: Sequence[Conversion],
+    report: SplitReport,
+    workers: int | None = None,
+    verify: bool = True,
+) -> SplitReport:
+    """Run ``fn(src, dst) -> unexpected source values`` for every job whose ``dst`` does not
+    exist yet (idempotent), on ``workers`` processes (default: all cores) with a tqdm progress
+    bar; fill ``report`` with written/skipped counts, bad values and failures."""
+    from tqdm import tqdm
+
+    workers = workers or os.cpu_count() or 1
+    args = [(fn, j, verify) for j in jobs]
+    desc = f"{report.dataset} {report.split}"
+    if workers <= 1 or len(jobs) < 2:
+        results = (_run_one(a) for a in args)
+        it = tqdm(results, total=len(args), desc=desc, unit="img")
+        outs = list(it)
+    else:
+        with Pool(workers) as pool:
+            outs = list(
+                tqdm(
+                    pool.imap_unordered(_run_one, args, chunksize=16),
+                    total=len(args),
+                    desc=desc,
+                    unit="img",
+                )
+            )
+    for job, status, bad, err in outs:
+        name = job.name or job.src
+        if status == "written":
+            report.written += 1
+        elif status == "skipped":
+            report.skipped += 1
+        else:
+            report.failed[name] = err
+        if bad:
+            report.bad_values[name] = bad
+    return report
+
+
+# ---------------------------------------------------------------- loader helpers
+
+
+def missing_label_error(
+    dataset: str, image: str, label: str, raw: str | None, script: str, root: str
+) -> FileNotFoundError:
+    """The error for an image whose prepared label is absent: DatasetNotPreparedError naming the
+    prepare command when the raw label ``raw`` exists, else a FileNotFoundError naming both."""
+    if raw is not None and os.path.isfile(raw):
+        return DatasetNotPreparedError(
+            f"{dataset} labels are not prepared: {label} is missing but the raw label {raw} "
+            f"exists; run `{prepare_command(script, root)}`"
+        )
+    return FileNotFoundError(f"{dataset}: image {image} has no label file {label}")
+
+
+def orphan_label_error(dataset: str, label: str, image: str) -> FileNotFoundError:
+    """The error for a label file whose image is absent."""
+    return FileNotFoundError(f"{dataset}: label file {label} has no image {image}")
+
+
+def make_record(
+    image: str, label: str | None, height: int | None = None, width: int | None = None
+) -> dict:
+    """A detectron2-style record; ``sem_seg_file_name`` only when there is a label, ``height`` /
+    ``width`` only when known without opening the image."""
+    rec: dict = {"file_name": image}
+    if label is not None:
+        rec["sem_seg_file_name"] = label
+    if height is not None and width is not None:
+        rec["height"] = height
+        rec["width"] = width
+    return rec
+
+
+def not_prepared_error(
+    dataset: str, missing: str, raw: str, script: str, root: str
+) -> DatasetNotPreparedError:
+    """The error for a dataset whose prepared output ``missing`` is absent while the raw data
+    ``raw`` is present: it names the prepare command to run."""
+    return DatasetNotPreparedError(
+        f"{dataset} labels are not prepared: {missing} does not exist but the raw labels {raw} "
+        f"do; run `{prepare_command(script, root)}`"
+    )
+
+
+# ---------------------------------------------------------------- prepare-script entry point
+
+
+def parse_prepare_args(description: str, argv: Sequence[str] | None = None) -> tuple[str, int]:
+    """Parse the command line shared by every ``datasets/prepare_*.py``:
+    ``[--root R] [--workers N]``; returns ``(root, workers)`` and sets up INFO logging."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--root", default=None, help="datasets root (default: $DETECTRON2_DATASETS or ./datasets)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: all cores)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return datasets_root(args.root), args.workers or os.cpu_count() or 1
+
+
+def format_reports(reports: Sequence[SplitReport]) -> str:
+    """The integrity report of several splits as text."""
+    return "\n".join(["integrity report:"] + [r.format() for r in reports])
+
+
+def exit_status(reports: Sequence[SplitReport]) -> int:
+    """0 when every split is complete and clean, 1 otherwise."""
+    return 0 if all(r.ok for r in reports) else 1
