@@ -238,3 +238,28 @@ def test_mapper_errors(tmp_path):
     cfg.INPUT.CROP.TYPE = "relative_range"
     with pytest.raises(ValueError, match="relative_range"):
         TextKDSemSegDatasetMapper(cfg, is_train=True)
+
+
+@pytest.mark.parametrize(
+    "path,crop,iters",
+    [
+        ("Cityscapes/Base-Cityscapes.yaml", [512, 1024], 40000),
+        ("PascalVOC/Base-PascalVOC.yaml", [512, 512], 40000),
+        ("CamVid/Base-CamVid.yaml", [360, 360], 40000),
+        ("ADE20K/Base-ADE20K.yaml", [512, 512], 40000),
+        ("COCO-Stuff-164K/Base-COCO-Stuff-164K.yaml", [512, 512], 80000),
+        ("COCO-Stuff-10K/Base-COCO-Stuff-10K.yaml", [512, 512], 40000),
+    ],
+)
+def test_dataset_base_configs(path, crop, iters):
+    cfg = get_cfg()
+    add_textkd_config(cfg)
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs", path))
+    assert list(cfg.INPUT.CROP.SIZE) == crop and cfg.SOLVER.MAX_ITER == iters
+    assert list(cfg.INPUT.SCALE_RANGE) == [0.5, 2.0] and cfg.SOLVER.IMS_PER_BATCH == 16
+    for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(name)
+        assert name in DatasetCatalog.list()
+        assert len(meta.stuff_classes) == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    mapper = TextKDSemSegDatasetMapper(cfg, is_train=True)
+    assert mapper.crop_size == tuple(crop)
