@@ -84,6 +84,9 @@ def test_clean_class_name():
     assert clean_class_name("tree-merged") == "tree"
     assert clean_class_name("t-shirt") == "t-shirt"
     assert clean_class_name("-other") == "-other"
+    # ADE20K's official names list synonyms: the first one is prompted
+    assert clean_class_name("building, edifice") == "building"
+    assert clean_class_name("person, individual, someone") == "person"
 
 
 def test_bank_end_to_end_and_cache(tiny_clip, tmp_path, monkeypatch, no_network):

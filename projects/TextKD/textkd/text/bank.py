@@ -98,10 +98,11 @@ def _check_templates(templates: Sequence[str]) -> list[str]:
 
 
 def clean_class_name(name: str) -> str:
-    """Name used in the prompts: ``_`` -> space, trailing ``-merged``/``-other`` removed
-    (repeatedly), whitespace collapsed. Falls back to the underscore-free raw name if cleaning
-    would leave nothing (e.g. ``"-other"``)."""
-    cleaned = name.strip()
+    """Name used in the prompts: the first synonym of a comma-separated list (ADE20K's official
+    names such as ``"building, edifice"``), ``_`` -> space, trailing ``-merged``/``-other``
+    removed (repeatedly), whitespace collapsed. Falls back to the underscore-free raw name if
+    cleaning would leave nothing (e.g. ``"-other"``)."""
+    cleaned = name.split(",")[0].strip() or name.strip()
     changed = True
     while changed:
         changed = False
