@@ -199,6 +199,17 @@ def test_pretrained_round_trip(tmp_path):
         assert torch.equal(v, fresh.state_dict()[k]), k
 
 
+def test_safetensors_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    src = build_backbone("resnet18")
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    dst = build_backbone("resnet18", pretrained=str(path))
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+
+
 def test_timm_mobilenetv2_checkpoint_loads(tmp_path):
     """A timm mobilenetv2_100 checkpoint (with conv_head/bn2/classifier) loads key for key."""
     net = timm.create_model("mobilenetv2_100", pretrained=False)

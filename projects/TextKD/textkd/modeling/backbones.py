@@ -407,8 +407,9 @@ def load_pretrained(
 ) -> None:
     """Load ImageNet weights from the local file ``path`` into ``backbone`` (in place).
 
-    Accepts a raw state dict or one nested under ``state_dict``/``model``; ``module.`` prefixes
-    are stripped and classifier keys (``backbone.pretrained_ignore_prefixes``) are skipped. When
+    Accepts a ``torch.save`` file (raw state dict or one nested under ``state_dict``/``model``)
+    or a ``.safetensors`` file; ``module.`` prefixes are stripped and classifier keys
+    (``backbone.pretrained_ignore_prefixes``) are skipped. When
     the checkpoint's first conv has 3 input channels and the backbone more, the RGB filters are
     copied and the extra input filters drawn from N(0, std²) with
     ``std = extra_chans_init_std`` (default: ``backbone.extra_chans_init_std``).
@@ -419,7 +420,12 @@ def load_pretrained(
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained backbone weights not found: '{path}'")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            obj = load_file(path, device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot read pretrained weights '{path}': {e}") from e
     ckpt = _unwrap_state_dict(obj, path)
