@@ -321,7 +321,7 @@ def _draw_person(c: _Canvas, rng: np.random.Generator, horizon: float) -> np.nda
     """Head disc, torso ellipse, two legs; clothes with diagonal stripes or a checker."""
     foot = rng.uniform(horizon + 1, c.h * 1.02)
     s = _perspective(c, horizon, foot)
-    height = rng.uniform(0.16, 0.3) * c.h * s
+    height = rng.uniform(0.2, 0.36) * c.h * s
     cx = rng.uniform(0, c.w)
     head_r = 0.09 * height
     leg_h = 0.45 * height
