@@ -31,7 +31,9 @@ def add_textkd_config(cfg: CN) -> None:
     # MODEL.SEM_SEG_HEAD.NAME: TextKDDeepLabV3Head / TextKDPSPHead / TextKDFCNHead /
     # TextKDOCRHead / TextKDSTDCHead; NUM_CLASSES, IGNORE_VALUE, LOSS_WEIGHT are detectron2's.
     _C.MODEL.SEM_SEG_HEAD.IN_FEATURE = "res5"
-    _C.MODEL.SEM_SEG_HEAD.CHANNELS = 256
+    # head width; 0 = the reference width of METHODS.md for the backbone (DeepLabV3: 256 for
+    # ResNet-50/101, 128 for ResNet-18 / MobileNetV2)
+    _C.MODEL.SEM_SEG_HEAD.CHANNELS = 0
     _C.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [12, 24, 36]
     _C.MODEL.SEM_SEG_HEAD.PSP_BINS = [1, 2, 3, 6]
     _C.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
@@ -39,7 +41,7 @@ def add_textkd_config(cfg: CN) -> None:
     _C.MODEL.SEM_SEG_HEAD.STDC_DETAIL_WEIGHT = 1.0
     _C.MODEL.SEM_SEG_HEAD.AUX = True
     _C.MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE = "res4"
-    _C.MODEL.SEM_SEG_HEAD.AUX_CHANNELS = 256
+    _C.MODEL.SEM_SEG_HEAD.AUX_CHANNELS = 0  # 0 = in_channels // 4, as the CIRKD codebase
     _C.MODEL.SEM_SEG_HEAD.AUX_WEIGHT = 0.4
     _C.MODEL.SEM_SEG_HEAD.ALIGN_CORNERS = False
 
