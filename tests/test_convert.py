@@ -1,0 +1,342 @@
+"""Checkpoint conversion (framework-free): CIRKD round trips on state dicts generated from the
+recorded key names/shapes (tests/data/convert/*.json), refusal of mismatched keys, and
+torchvision/timm/CIRKD ImageNet backbones giving the source model's features."""
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchvision
+from textkd.modeling.backbones import build_backbone
+from textkd.modeling.convert import (
+    CIRKD_PIXEL_MEAN,
+    IMAGENET_PIXEL_MEAN,
+    IMAGENET_PIXEL_STD,
+    convert_checkpoint,
+    detect_format,
+    load_source_state_dict,
+    save_converted,
+    textkd_to_cirkd_key,
+    to_cirkd_state_dict,
+    torchvision_mobilenetv2_to_timm_key,
+)
+from textkd.modeling.segmentor import build_segmentor
+from textkd.modeling.weights import load_segmentor_checkpoint
+
+DATA = Path(__file__).parent / "data" / "convert"
+
+
+def _fixture(name: str) -> list[tuple[str, list[int]]]:
+    with open(DATA / name) as f:
+        return [(k, shape) for k, shape in json.load(f)["keys"]]
+
+
+def _random_state(keys: list[tuple[str, list[int]]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors with the recorded names and shapes (BN variances positive, counters
+    integer)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, shape in keys:
+        if k.endswith("num_batches_tracked"):
+            out[k] = torch.randint(0, 1000, (), generator=g)
+        elif k.endswith("running_var"):
+            out[k] = torch.rand(shape, generator=g) + 0.5
+        else:
+            out[k] = torch.randn(shape, generator=g)
+    return out
+
+
+def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+# --------------------------------------------------------------------------- CIRKD models
+
+# fixture -> what its constructor line says about the CIRKD model
+CIRKD_CASES = {
+    # models/deeplabv3.py @ first commit: ASPP width 256 for R101, aux FCN 1024 -> 256
+    "cirkd_deeplabv3_r101.json": {
+        "arch": "resnet101v1s",
+        "head": "TextKDDeepLabV3Head",
+        "classes": 19,
+        "channels": 256,
+        "aux": True,
+        "aux_channels": 256,
+    },
+    # models/pspnet.py: head width 128 for R18, aux FCN 256 -> 64
+    "cirkd_pspnet_r18.json": {
+        "arch": "resnet18v1s",
+        "head": "TextKDPSPHead",
+        "classes": 21,
+        "channels": 128,
+        "aux": True,
+        "aux_channels": 64,
+    },
+    # models/deeplabv3.py @ latest: ASPP width 512, no aux head
+    "cirkd_deeplabv3_r18.json": {
+        "arch": "resnet18v1s",
+        "head": "TextKDDeepLabV3Head",
+        "classes": 19,
+        "channels": 512,
+        "aux": False,
+        "aux_channels": None,
+    },
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(CIRKD_CASES))
+def test_cirkd_round_trip(fixture, tmp_path):
+    case = CIRKD_CASES[fixture]
+    source = _random_state(_fixture(fixture))
+    assert detect_format(source) == "cirkd"
+    conv = convert_checkpoint(source)
+    assert conv.kind == "segmentor" and conv.dropped == {} and conv.filled == []
+    s = conv.settings
+    assert s["MODEL.SEG_BACKBONE.ARCH"] == case["arch"]
+    assert s["MODEL.SEM_SEG_HEAD.NAME"] == case["head"]
+    assert s["MODEL.SEM_SEG_HEAD.NUM_CLASSES"] == case["classes"]
+    assert s["MODEL.SEM_SEG_HEAD.CHANNELS"] == case["channels"]
+    assert s["MODEL.SEM_SEG_HEAD.AUX"] is case["aux"]
+    assert s.get("MODEL.SEM_SEG_HEAD.AUX_CHANNELS") == case["aux_channels"]
+    # CIRKD input: cv2 BGR minus the Caffe mean, no std
+    assert s["INPUT.FORMAT"] == "BGR"
+    assert s["MODEL.PIXEL_MEAN"] == list(CIRKD_PIXEL_MEAN)
+    assert s["MODEL.PIXEL_STD"] == [1.0, 1.0, 1.0]
+    assert s["MODEL.SEM_SEG_HEAD.ALIGN_CORNERS"] is True
+
+    # the settings build a model into which the converted tensors load strictly
+    head = {"TextKDDeepLabV3Head": "deeplabv3", "TextKDPSPHead": "pspnet"}[case["head"]]
+    with torch.device("meta"):  # no time spent on initialising weights that get replaced
+        model = build_segmentor(
+            head=head,
+            backbone=case["arch"],
+            num_classes=case["classes"],
+            channels=case["channels"],
+            aux=case["aux"],
+            aux_channels=case["aux_channels"],
+        )
+    model.to_empty(device="cpu")
+    path = save_converted(conv, str(tmp_path / "converted.pth"), source_path="cirkd.pth")
+    load_segmentor_checkpoint(model, path, what="teacher")
+    # and back to CIRKD names: every tensor identical
+    back = to_cirkd_state_dict(model.state_dict())
+    assert set(back) == set(source)
+    for k, v in source.items():
+        assert torch.equal(back[k], v), k
+    saved = torch.load(path, weights_only=True)
+    assert all(k.startswith("segmentor.") for k in saved["model"])
+    assert saved["textkd_convert"]["source_format"] == "cirkd"
+
+
+def test_cirkd_stem_names():
+    # CIRKD ResNetV1b deep stem -> timm deep stem (Sequential indices 0, 1, 3, 4, 6 + bn1)
+    pairs = {
+        "backbone.conv1.0.weight": "pretrained.conv1.weight",
+        "backbone.conv1.1.running_var": "pretrained.bn1.running_var",
+        "backbone.conv1.3.weight": "pretrained.conv2.weight",
+        "backbone.conv1.4.bias": "pretrained.bn2.bias",
+        "backbone.conv1.6.weight": "pretrained.conv3.weight",
+        "backbone.bn1.weight": "pretrained.bn3.weight",
+        "backbone.layer3.0.bn1.weight": "pretrained.layer3.0.bn1.weight",
+        "aux_head.block.4.bias": "auxlayer.block.4.bias",
+        "head.aspp.b4.gap.1.weight": "head.aspp.b4.gap.1.weight",
+    }
+    for ours, theirs in pairs.items():
+        assert textkd_to_cirkd_key(ours) == theirs
+
+
+def _r18_source() -> dict[str, torch.Tensor]:
+    return _random_state(_fixture("cirkd_pspnet_r18.json"))
+
+
+def test_cirkd_refuses_unknown_key():
+    source = _r18_source()
+    source["head.psp.conv9.0.weight"] = source.pop("head.psp.conv2.0.weight")
+    with pytest.raises(ValueError) as err:
+        convert_checkpoint(source)
+    msg = str(err.value)
+    assert "head.psp.conv9.0.weight" in msg  # the source key without a target
+    assert "head.psp.conv2.0.weight" in msg  # the model key without a source
+
+
+def test_cirkd_refuses_missing_key():
+    source = _r18_source()
+    del source["pretrained.layer2.1.conv2.weight"]
+    with pytest.raises(ValueError, match=r"backbone\.layer2\.1\.conv2\.weight"):
+        convert_checkpoint(source)
+
+
+def test_cirkd_refuses_shape_mismatch():
+    source = _r18_source()
+    source["pretrained.layer2.0.conv1.weight"] = torch.randn(128, 32, 3, 3)
+    with pytest.raises(ValueError, match=r"layer2\.0\.conv1\.weight.*\(128, 32, 3, 3\)"):
+        convert_checkpoint(source)
+
+
+def test_cirkd_refuses_foreign_module():
+    source = _r18_source()
+    source["projector.0.weight"] = torch.randn(4, 4)
+    with pytest.raises(ValueError, match=r"projector\.0\.weight"):
+        convert_checkpoint(source)
+
+
+def test_cirkd_backbone_imagenet_file(tmp_path):
+    """A CIRKD ImageNet backbone (ResNetV1b names + fc) -> resnet18v1s, fc dropped and listed."""
+    source = {
+        k[len("pretrained.") :]: v for k, v in _r18_source().items() if k.startswith("pretrained.")
+    }
+    source["fc.weight"] = torch.randn(1000, 512)
+    source["fc.bias"] = torch.randn(1000)
+    src_path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(source, src_path)
+    state = load_source_state_dict(str(src_path))
+    assert detect_format(state) == "cirkd-backbone"
+    conv = convert_checkpoint(state)
+    assert conv.kind == "backbone"
+    assert conv.settings["MODEL.SEG_BACKBONE.ARCH"] == "resnet18v1s"
+    assert set(conv.dropped) == {"fc.weight", "fc.bias"}
+    path = save_converted(conv, str(tmp_path / "bb.pth"))
+    assert conv.settings["MODEL.SEG_BACKBONE.PRETRAINED"] == path
+    bb = build_backbone("resnet18v1s", pretrained=path)
+    own = bb.state_dict()
+    assert torch.equal(own["conv1.3.weight"], source["conv2.weight"])
+    assert torch.equal(own["bn1.running_mean"], source["bn3.running_mean"])
+    assert torch.equal(own["layer4.1.conv2.weight"], source["layer4.1.conv2.weight"])
+
+
+# --------------------------------------------------------------------------- ImageNet backbones
+
+
+def _save(model: torch.nn.Module, path) -> str:
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def _convert_to_file(src: str, out: str, source_format: str = "auto"):
+    conv = convert_checkpoint(load_source_state_dict(src), source_format)
+    save_converted(conv, out)
+    return conv
+
+
+def test_torchvision_resnet18_features_identical(tmp_path):
+    tv = torchvision.models.resnet18(weights=None)
+    _randomize_bn(tv)
+    tv.eval()
+    conv = _convert_to_file(_save(tv, tmp_path / "tv.pth"), str(tmp_path / "out.pth"))
+    assert conv.settings["MODEL.SEG_BACKBONE.ARCH"] == "resnet18"
+    assert set(conv.dropped) == {"fc.weight", "fc.bias"}
+    assert conv.settings["INPUT.FORMAT"] == "RGB"
+    assert conv.settings["MODEL.PIXEL_MEAN"] == list(IMAGENET_PIXEL_MEAN)
+    assert conv.settings["MODEL.PIXEL_STD"] == list(IMAGENET_PIXEL_STD)
+    ours = build_backbone("resnet18", output_stride=32, pretrained=str(tmp_path / "out.pth"))
+    ours.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        t = tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))
+        t2 = tv.layer1(t)
+        t3 = tv.layer2(t2)
+        t5 = tv.layer4(tv.layer3(t3))
+        o = ours(x)
+    torch.testing.assert_close(o["res2"], t2)
+    torch.testing.assert_close(o["res3"], t3)
+    torch.testing.assert_close(o["res5"], t5)
+
+
+def test_torchvision_mobilenet_v2_features_identical(tmp_path):
+    tv = torchvision.models.mobilenet_v2(weights=None)
+    _randomize_bn(tv)
+    tv.eval()
+    src = _save(tv, tmp_path / "tv_mbv2.pth")
+    conv = _convert_to_file(src, str(tmp_path / "out.pth"))
+    assert conv.source_format == "torchvision-mobilenetv2"
+    assert conv.settings["MODEL.SEG_BACKBONE.ARCH"] == "mobilenetv2"
+    # the 1×1 conv to 1280 (features.18) and the classifier are not part of the backbone
+    assert {k for k in conv.dropped if not k.startswith("features.18.")} == {
+        "classifier.1.weight",
+        "classifier.1.bias",
+    }
+    assert "features.18.0.weight" in conv.dropped
+    ours = build_backbone("mobilenetv2", output_stride=32, pretrained=str(tmp_path / "out.pth"))
+    ours.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = tv.features[:18](x)  # stem + the 17 inverted-residual blocks (320 channels)
+        o = ours(x)
+    assert o["res5"].shape == ref.shape
+    torch.testing.assert_close(o["res5"], ref)
+
+
+def test_torchvision_mobilenet_v2_key_map():
+    assert torchvision_mobilenetv2_to_timm_key("features.0.0.weight") == "conv_stem.weight"
+    assert torchvision_mobilenetv2_to_timm_key("features.1.conv.1.weight") == (
+        "blocks.0.0.conv_pw.weight"
+    )
+    # features.4 is the first block of the third stage (1 + 2 blocks before it)
+    assert torchvision_mobilenetv2_to_timm_key("features.4.conv.1.0.weight") == (
+        "blocks.2.0.conv_dw.weight"
+    )
+    assert torchvision_mobilenetv2_to_timm_key("features.17.conv.3.bias") == "blocks.6.0.bn3.bias"
+    assert torchvision_mobilenetv2_to_timm_key("classifier.1.weight") is None
+
+
+@pytest.mark.parametrize(
+    "timm_name,arch", [("resnet18d", "resnet18d"), ("mobilenetv2_100", "mobilenetv2")]
+)
+def test_timm_backbone_features_identical(timm_name, arch, tmp_path):
+    src = timm.create_model(timm_name, pretrained=False)
+    _randomize_bn(src)
+    src.eval()
+    conv = _convert_to_file(_save(src, tmp_path / "timm.pth"), str(tmp_path / "out.pth"))
+    assert conv.settings["MODEL.SEG_BACKBONE.ARCH"] == arch
+    ours = build_backbone(arch, output_stride=32, pretrained=str(tmp_path / "out.pth"))
+    ours.eval()
+    feats = timm.create_model(timm_name, pretrained=False, features_only=True)
+    feats.load_state_dict(src.state_dict(), strict=False)
+    feats.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = feats(x)[-1]  # the stride-32 stage
+        o = ours(x)["res5"]
+    torch.testing.assert_close(o, ref)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_converts_and_prints_config(tmp_path, capsys):
+    import convert_checkpoint as cli
+
+    tv = torchvision.models.resnet18(weights=None)
+    src = _save(tv, tmp_path / "tv.pth")
+    out = tmp_path / "bb.pth"
+    assert cli.main([src, str(out), "--source", "torchvision"]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file()
+    assert 'ARCH: "resnet18"' in printed
+    assert f'PRETRAINED: "{out}"' in printed
+    assert 'FORMAT: "RGB"' in printed
+    assert "fc.weight" in printed  # dropped keys are listed
+
+
+def test_cli_refuses_with_key_names(tmp_path, capsys):
+    import convert_checkpoint as cli
+
+    state = _r18_source()
+    state["head.extra.weight"] = torch.randn(3)
+    src = tmp_path / "cirkd.pth"
+    torch.save(state, src)
+    out = tmp_path / "never.pth"
+    assert cli.main([str(src), str(out)]) == 1
+    assert "head.extra.weight" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main([str(tmp_path / "missing.pth"), str(out)]) == 1
+    assert "missing.pth" in capsys.readouterr().err
