@@ -26,6 +26,7 @@ from detectron2.engine import (
 )
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluators
+from detectron2.solver.lr_scheduler import LRMultiplier
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -189,6 +190,25 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """detectron2's ``resume_or_load``; when resuming, the optimizer's learning rates are then
+        set to the restored schedule position under this config's ``SOLVER.MAX_ITER``.
+
+        detectron2 keeps the learning rate stored with the optimizer for the first resumed
+        iteration: the next step of the *saved* run's schedule, which is wrong (0 for a finished
+        poly schedule) when a run is resumed with a larger MAX_ITER. For an unchanged MAX_ITER
+        the value is the same."""
+        super().resume_or_load(resume=resume)
+        if (
+            resume
+            and self.checkpointer.has_checkpoint()
+            and isinstance(self.scheduler, LRMultiplier)
+        ):
+            lrs = self.scheduler.get_lr()
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            self.scheduler._last_lr = list(lrs)
 
     @classmethod
     def build_model(cls, cfg):
