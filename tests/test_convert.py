@@ -340,3 +340,35 @@ def test_cli_refuses_with_key_names(tmp_path, capsys):
     assert not out.exists()
     assert cli.main([str(tmp_path / "missing.pth"), str(out)]) == 1
     assert "missing.pth" in capsys.readouterr().err
+
+
+def test_stdc_imagenet_checkpoint(tmp_path):
+    """STDC-Seg ImageNet files hold ``features.*`` plus the classifier (conv_last, fc, bn, linear)
+    and ``x2..x32`` aliases of feature slices: the features load, the rest is dropped and listed."""
+    src = build_backbone("stdc1", output_stride=32)
+    _randomize_bn(src)
+    src.eval()
+    state = dict(src.state_dict())
+    state["x2.0.0.conv.weight"] = state["features.0.conv.weight"].clone()
+    state["conv_last.conv.weight"] = torch.randn(1024, 1024, 1, 1)
+    state["fc.weight"] = torch.randn(1024, 1024)
+    state["bn.running_mean"] = torch.randn(1024)
+    state["linear.weight"] = torch.randn(1000, 1024)
+    torch.save({"state_dict": state, "epoch": 300}, tmp_path / "STDCNet813M.tar")
+    loaded = load_source_state_dict(str(tmp_path / "STDCNet813M.tar"))
+    assert detect_format(loaded) == "stdc"
+    conv = _convert_to_file(str(tmp_path / "STDCNet813M.tar"), str(tmp_path / "out.pth"))
+    assert conv.settings["MODEL.SEG_BACKBONE.ARCH"] == "stdc1"
+    assert set(conv.dropped) == {
+        "x2.0.0.conv.weight",
+        "conv_last.conv.weight",
+        "fc.weight",
+        "bn.running_mean",
+        "linear.weight",
+    }
+    ours = build_backbone("stdc1", output_stride=32, pretrained=str(tmp_path / "out.pth")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = ours(x), src(x)
+    for k in ("res2", "res3", "res4", "res5"):
+        assert torch.equal(a[k], b[k]), k

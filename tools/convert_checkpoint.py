@@ -8,8 +8,9 @@ Sources (``--source auto`` guesses from the key names):
   ``{"model": {"segmentor.*": ...}}`` for ``MODEL.WEIGHTS`` or ``MODEL.DISTILL.TEACHER.WEIGHTS``.
 * ``cirkd-backbone``: a CIRKD ImageNet backbone (``resnet18-imagenet.pth``, "v1s" deep stem);
 * ``torchvision``: ``resnet18/50/101`` or ``mobilenet_v2`` ImageNet weights;
-* ``timm``: ``resnet18/50/101``, ``resnet*d``, ``resnet*s``, ``mobilenetv2_100`` (or STDC ImageNet
-  weights with ``--arch stdc1/stdc2``)
+* ``timm``: ``resnet18/50/101``, ``resnet*d``, ``resnet*s``, ``mobilenetv2_100``;
+* ``stdc``: STDC-Seg's ImageNet ``STDCNet813M_73.91.tar`` (stdc1) / ``STDCNet1446_76.47.tar``
+  (stdc2)
   -> a backbone file for ``MODEL.SEG_BACKBONE.PRETRAINED``.
 
 The converted keys are checked against the TextKD model built with the inferred settings: any

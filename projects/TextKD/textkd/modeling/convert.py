@@ -16,7 +16,8 @@ Two kinds of sources:
   says so (``INPUT.FORMAT BGR``, ``MODEL.PIXEL_STD [1, 1, 1]``, ``ALIGN_CORNERS True``).
 * **ImageNet backbones** of torchvision (``resnet18/50/101``, ``mobilenet_v2``), timm
   (``resnet18/50/101`` and their ``d``/``s`` deep-stem variants, ``mobilenetv2_100``) and CIRKD
-  (``resnet18-imagenet.pth`` etc., "v1s" names). They become backbone-only files
+  (``resnet18-imagenet.pth`` etc., "v1s" names), and STDC-Seg's STDC1/STDC2 ImageNet weights
+  (``STDCNet813M_73.91.tar``, ``STDCNet1446_76.47.tar``). They become backbone-only files
   ``{"state_dict": {...}}`` for ``MODEL.SEG_BACKBONE.PRETRAINED``; ImageNet classifier keys are
   dropped and listed.
 
@@ -37,6 +38,7 @@ from typing import Any
 import torch
 
 from .backbones import build_backbone
+from .stdc import STDC_LAYERS  # also registers the stdc1/stdc2 backbones
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ __all__ = [
     "save_converted",
 ]
 
-SOURCE_FORMATS = ("auto", "cirkd", "cirkd-backbone", "torchvision", "timm")
+SOURCE_FORMATS = ("auto", "cirkd", "cirkd-backbone", "torchvision", "timm", "stdc")
 
 # CIRKD dataset loaders: cv2.imread (BGR) minus this BGR Caffe mean, no division by a std
 CIRKD_PIXEL_MEAN = (104.00698793, 116.66876762, 122.67891434)
@@ -227,7 +229,8 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
     """Guess the source format of a state dict: ``"cirkd"`` (``pretrained.*`` + ``head.*``),
     ``"cirkd-backbone"`` (CIRKD ResNetV1b deep stem ``conv1/conv2/conv3`` + ``bn3``),
     ``"torchvision"`` (MobileNetV2 ``features.*``; torchvision ResNets use timm's names and are
-    reported as ``"timm"``) or ``"timm"``. Raises ValueError when nothing fits."""
+    reported as ``"timm"``), ``"stdc"`` (STDC-Seg ``features.*.conv_list``) or ``"timm"``.
+    Raises ValueError when nothing fits."""
     keys = set(state)
     if any(k.startswith("pretrained.") for k in keys) and any(k.startswith("head.") for k in keys):
         return "cirkd"
@@ -235,6 +238,8 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
         return "cirkd-backbone"
     if "features.0.0.weight" in keys and "features.1.conv.0.0.weight" in keys:
         return "torchvision"
+    if "features.0.conv.weight" in keys and "features.2.conv_list.0.conv.weight" in keys:
+        return "stdc"
     if "conv_stem.weight" in keys or "conv1.weight" in keys or "conv1.0.weight" in keys:
         return "timm"
     raise ValueError(
@@ -377,9 +382,16 @@ def _resnet_depth(state: Mapping[str, torch.Tensor], prefix: str) -> int:
 def infer_backbone_arch(state: Mapping[str, torch.Tensor], source_format: str) -> str:
     """The TextKD backbone arch of an ImageNet backbone state dict: ``resnet{18,50,101}``
     (7×7 stem), ``...d`` (timm deep stem of width 32 with average-pool downsampling), ``...v1s``
-    (deep stem of width 64: timm ``resnet*s`` and CIRKD backbones) or ``mobilenetv2``."""
+    (deep stem of width 64: timm ``resnet*s`` and CIRKD backbones), ``mobilenetv2`` or
+    ``stdc1``/``stdc2`` (from the number of STDC modules)."""
     if source_format == "torchvision" and "features.0.0.weight" in state:
         return "mobilenetv2"
+    if "features.0.conv.weight" in state:
+        n = len({int(k.split(".")[1]) for k in state if re.match(r"features\.\d+\.", k)})
+        for arch, layers in STDC_LAYERS.items():
+            if n == 2 + sum(layers):
+                return arch
+        raise ValueError(f"unsupported STDC backbone with {n} feature modules")
     if "conv_stem.weight" in state:
         return "mobilenetv2"
     if source_format == "cirkd-backbone":
@@ -574,7 +586,7 @@ def convert_backbone(
     fmt = detect_format(state) if source_format == "auto" else source_format
     if fmt not in SOURCE_FORMATS or fmt in ("auto", "cirkd"):
         raise ValueError(
-            f"convert_backbone: source format must be one of cirkd-backbone/torchvision/timm, "
+            "convert_backbone: source format must be one of cirkd-backbone/torchvision/timm/stdc, "
             f"got {fmt!r}"
         )
     arch = arch or infer_backbone_arch(state, fmt)
