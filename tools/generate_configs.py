@@ -198,12 +198,13 @@ class Model:
     def task_loss(self) -> str:
         return "CE + 0.4 CE(aux)" if self.aux else "CE"
 
-    def describe(self, aux_width: bool = True) -> str:
+    def describe(self, aux_width: bool = True, synthetic: bool = False) -> str:
         """``DeepLabV3-ResNet18 (dilated OS8 deep-stem ResNet-18, ASPP 12/24/36, ...)``;
-        ``aux_width=False`` leaves out the aux head width (synthetic recipes keep the base's)."""
+        ``aux_width=False`` leaves out the aux head width (synthetic recipes keep the base's);
+        ``synthetic`` names the ASPP rates of Base-Synthetic.yaml."""
         parts = [f"dilated OS8 {BACKBONES[self.backbone].text}"]
         if self.head == "deeplabv3":
-            parts.append("ASPP 12/24/36")
+            parts.append("ASPP 2/4/6" if synthetic else "ASPP 12/24/36")
         elif self.head == "pspnet":
             parts.append("pyramid bins 1/2/3/6")
         parts.append(f"head width {self.channels}")
@@ -643,7 +644,7 @@ SYN_OUT = "output/synthetic"
 SYN_TEACHER_CFG = f"{SYN}/deeplabv3_r50_teacher.yaml"
 SYN_TEACHER_WEIGHTS = f"{SYN_OUT}/deeplabv3_r50_teacher/model_final.pth"
 SYN_NOTE = (
-    "A CPU-sized recipe on the synthetic dataset (Base-Synthetic.yaml: 8 classes, 96x96 crops, "
+    "A CPU-sized recipe on the synthetic dataset (Base-Synthetic.yaml: 8 classes, 64x64 crops, "
     "batch 8, 300 iterations)."
 )
 SYN_TEACHER_NOTE = (
@@ -712,7 +713,7 @@ def synthetic_files() -> dict[str, str]:
         put(
             f"{sname}_baseline",
             [
-                f"Synthetic student baseline: {student.describe(aux_width=False)}, random init; task loss "
+                f"Synthetic student baseline: {student.describe(aux_width=False, synthetic=True)}, random init; task loss "
                 f"{student.task_loss}.",
                 SYN_NOTE,
             ],
@@ -772,7 +773,7 @@ def synthetic_files() -> dict[str, str]:
         put(
             teacher,
             [
-                f"Synthetic LAD teacher: label-conditioned {model.describe(aux_width=False)}, random init; "
+                f"Synthetic LAD teacher: label-conditioned {model.describe(aux_width=False, synthetic=True)}, random init; "
                 "image + one noised label channel, two paths with consistency 5 x CWD (tau 4); "
                 "a ResNet-18 like the official code (METHODS.md section 3).",
                 SYN_NOTE,
@@ -785,7 +786,7 @@ def synthetic_files() -> dict[str, str]:
         put(
             f"{lname}_lad_cwd",
             [
-                f"Synthetic LAD student: RGB {model.describe(aux_width=False)} distilled from the frozen "
+                f"Synthetic LAD student: RGB {model.describe(aux_width=False, synthetic=True)} distilled from the frozen "
                 f"{teacher}.yaml (fed the label code) with CE + 0.4 CE(aux) + 3 x CWD(logits, "
                 "tau 4) (METHODS.md section 3).",
                 SYN_NOTE,
