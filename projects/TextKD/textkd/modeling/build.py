@@ -22,7 +22,9 @@ from torch import nn
 
 from .backbones import STAGE_NAMES, SegBackbone, build_backbone
 from .heads import AuxFCNHead, DeepLabV3Head, FCNHead, PSPHead
+from .ocrnet import OCRHead, default_ocr_channels
 from .segmentor import Segmentor, default_head_channels
+from .stdc import STDCHead
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ __all__ = [
     "TextKDDeepLabV3Head",
     "TextKDPSPHead",
     "TextKDFCNHead",
+    "TextKDOCRHead",
+    "TextKDSTDCHead",
     "build_segmentor_from_cfg",
     "build_aux_head_from_cfg",
     "check_num_classes",
@@ -202,6 +206,66 @@ class TextKDFCNHead(FCNHead):
         args = _head_common_args(cfg, input_shape)
         args["channels"] = _channels(cfg, "fcn", args["in_channels"])
         return args
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class TextKDOCRHead(OCRHead):
+    """:class:`OCRHead` from ``MODEL.SEM_SEG_HEAD``: pixel branch on IN_FEATURE (CHANNELS <= 0:
+    512 for >= 1024 input channels, else 256), query/key width OCR_KEY_CHANNELS (<= 0: half of
+    CHANNELS' default), soft-region FCN on AUX_IN_FEATURE with AUX_CHANNELS hidden channels
+    (<= 0: 256). The soft regions play the auxiliary head's role: OCRNet configs set AUX False."""
+
+    @configurable
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
+        h = cfg.MODEL.SEM_SEG_HEAD
+        args = _head_common_args(cfg, input_shape)
+        if h.AUX_IN_FEATURE not in input_shape:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE={h.AUX_IN_FEATURE!r} (OCR soft regions) is not "
+                f"a backbone output; available: {list(input_shape)}"
+            )
+        default_ch, default_key = default_ocr_channels(args["in_channels"])
+        args["channels"] = int(h.CHANNELS) if int(h.CHANNELS) > 0 else default_ch
+        key = int(h.OCR_KEY_CHANNELS)
+        args["key_channels"] = key if key > 0 else default_key
+        args["region_in_feature"] = h.AUX_IN_FEATURE
+        args["region_in_channels"] = int(input_shape[h.AUX_IN_FEATURE].channels)
+        args["region_channels"] = int(h.AUX_CHANNELS) if int(h.AUX_CHANNELS) > 0 else 256
+        return args
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class TextKDSTDCHead(STDCHead):
+    """:class:`STDCHead` from ``MODEL.SEM_SEG_HEAD`` on the backbone's res3/res4/res5 (width
+    CHANNELS, <= 0: 256); the detail branch exists when STDC_DETAIL_WEIGHT > 0."""
+
+    @configurable
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
+        h = cfg.MODEL.SEM_SEG_HEAD
+        missing = [k for k in ("res3", "res4", "res5") if k not in input_shape]
+        if missing:
+            raise ValueError(
+                f"TextKDSTDCHead needs backbone outputs res3/res4/res5; missing {missing} in "
+                f"{list(input_shape)}"
+            )
+        return {
+            "in_channels": int(input_shape["res3"].channels),
+            "mid_channels": int(input_shape["res4"].channels),
+            "deep_channels": int(input_shape["res5"].channels),
+            "num_classes": int(h.NUM_CLASSES),
+            "channels": int(h.CHANNELS) if int(h.CHANNELS) > 0 else 256,
+            "detail_channels": 64 if float(h.STDC_DETAIL_WEIGHT) > 0 else 0,
+            "dropout": float(h.DROPOUT),
+            "norm_layer": resolve_norm(cfg),
+        }
 
 
 def build_aux_head_from_cfg(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> AuxFCNHead | None:
