@@ -36,7 +36,7 @@ from .data.mapper import TextKDSemSegDatasetMapper
 from .evaluation.cityscapes_evaluation import TextKDCityscapesSemSegEvaluator
 from .evaluation.sem_seg_evaluation import TextKDSemSegEvaluator
 from .modeling.build import check_num_classes
-from .modeling.weights import _first_conv_hint
+from .modeling.weights import _first_conv_hint, first_conv_keys
 from .solver import build_lr_scheduler
 
 logger = logging.getLogger(__name__)
@@ -137,9 +137,12 @@ class TextKDCheckpointer(DetectionCheckpointer):
         state = checkpoint.get("model", {})
         own = self.model.state_dict()
         path = getattr(self, "_loading_path", "?")
+        first_convs = first_conv_keys(self.model)
         for k, v in state.items():
             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape):
-                hint = _first_conv_hint(path, k, tuple(v.shape), tuple(own[k].shape), "model")
+                hint = _first_conv_hint(
+                    path, k, tuple(v.shape), tuple(own[k].shape), "model", first_convs
+                )
                 raise ValueError(
                     hint
                     or f"checkpoint {path}: '{k}' has shape {tuple(v.shape)} but the model "

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_state_dict", "segmentor_state_dict", "load_segmentor_checkpoint"]
+__all__ = [
+    "read_state_dict",
+    "segmentor_state_dict",
+    "load_segmentor_checkpoint",
+    "first_conv_keys",
+]
 
 # prefixes under which a segmentor can sit in a TextKD checkpoint: single-model and distillation
 # meta-architectures store the (student) segmentor as ``segmentor.*``
@@ -52,7 +58,25 @@ def segmentor_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return state
 
 
-def _first_conv_hint(path: str, key: str, ckpt_shape, model_shape, what: str) -> str | None:
+def first_conv_keys(model: nn.Module) -> set[str]:
+    """State-dict keys (relative to ``model``) of the input convolution of every backbone below
+    ``model``: the modules with a ``first_conv_key`` attribute, as TextKD backbones have."""
+    keys = set()
+    for name, module in model.named_modules():
+        key = getattr(module, "first_conv_key", "")
+        if isinstance(key, str) and key:
+            keys.add(f"{name}.{key}" if name else key)
+    return keys
+
+
+def _first_conv_hint(
+    path: str, key: str, ckpt_shape, model_shape, what: str, first_convs: Collection[str]
+) -> str | None:
+    """The RGB-vs-LAD explanation of a shape mismatch, when ``key`` is a backbone's input conv
+    (one of ``first_convs``) and its input channels differ; None otherwise (a mismatch elsewhere,
+    e.g. a head of another width, is not about input channels)."""
+    if key not in first_convs:
+        return None
     if len(ckpt_shape) == 4 and len(model_shape) == 4 and ckpt_shape[1] != model_shape[1]:
         n_ckpt, n_model = ckpt_shape[1], model_shape[1]
         kind = {3: "an RGB model", 4: "a LAD label-conditioned model (RGB + label channel)"}
@@ -77,8 +101,9 @@ def load_segmentor_checkpoint(model: nn.Module, path: str, what: str = "model") 
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
+    first_convs = first_conv_keys(model)
     for k, cs, ms in wrong:
-        hint = _first_conv_hint(path, k, cs, ms, what)
+        hint = _first_conv_hint(path, k, cs, ms, what, first_convs)
         if hint:
             raise ValueError(hint)
     if missing or unexpected or wrong:
