@@ -150,11 +150,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
                 "the student of a distillation run is an RGB model: MODEL.LAD.ENABLED must be "
                 "False in the student config (the teacher's own config enables LAD)"
             )
-        if teacher.num_classes != self.num_classes:
-            raise ValueError(
-                f"teacher predicts {teacher.num_classes} classes but the student "
-                f"{self.num_classes} (MODEL.SEM_SEG_HEAD.NUM_CLASSES of the two configs differ)"
-            )
+        _check_class_counts(teacher, self.segmentor)
         self.teacher = teacher
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -179,6 +175,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         ret = super().from_config(cfg)
         tcfg, teacher = build_teacher(cfg)
         student: Segmentor = ret["segmentor"]
+        _check_class_counts(teacher, student, cfg)
         specs = parse_terms(cfg.MODEL.DISTILL.TERMS)
         ret.update(
             teacher=teacher,
@@ -277,6 +274,20 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
             )
         check_finite_losses(losses)
         return losses
+
+
+def _check_class_counts(teacher: Segmentor, student: Segmentor, cfg=None) -> None:
+    """ValueError when teacher and student predict different numbers of classes (checked before
+    the distillation terms are built, so the message names the configs, not a term)."""
+    if teacher.num_classes == student.num_classes:
+        return
+    where = ""
+    if cfg is not None:
+        where = f" (teacher config {cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE!r})"
+    raise ValueError(
+        f"teacher predicts {teacher.num_classes} classes but the student "
+        f"{student.num_classes}: MODEL.SEM_SEG_HEAD.NUM_CLASSES of the two configs differ{where}"
+    )
 
 
 def _drop_teacher_state(module, state_dict, prefix, local_metadata):
