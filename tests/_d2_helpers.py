@@ -165,24 +165,27 @@ def teacher_config(
     channels: int = 48,
     output_stride: int = 8,
     lad: bool = False,
-    extra: str = "",
+    num_classes: int = NUM_CLASSES,
+    train: str | None = TINY_TRAIN,
 ) -> str:
-    """A small synthetic teacher config: ``arch`` backbone, DeepLabV3 head of ``channels``,
-    tiny datasets, optionally label-conditioned (LAD)."""
+    """A small synthetic teacher config: ``arch`` backbone at ``output_stride``, DeepLabV3 head
+    of width ``channels``, ``num_classes``, trained on ``train`` (None: no dataset), optionally
+    label-conditioned (LAD: 3 + 1 input channels)."""
     body = f"""MODEL:
   SEG_BACKBONE:
     ARCH: "{arch}"
     OUTPUT_STRIDE: {output_stride}
     IN_CHANS: {4 if lad else 3}
   SEM_SEG_HEAD:
+    NUM_CLASSES: {num_classes}
     CHANNELS: {channels}
     AUX_CHANNELS: 16
   LAD:
     ENABLED: {lad}
 DATASETS:
-  TRAIN: ("{TINY_TRAIN}",)
+  TRAIN: {f'("{train}",)' if train else "()"}
   TEST: ("{TINY_VAL}",)
-{extra}"""
+"""
     return write_config(path, "Base-Synthetic.yaml", body)
 
 
@@ -196,6 +199,12 @@ def save_random_teacher(cfg_file: str, path: str | os.PathLike, seed: int = 0) -
     model = build_model(cfg)
     torch.save({"model": model.state_dict()}, str(path))
     return str(path)
+
+
+def read_segmentor_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The ``segmentor.*`` entries of a TextKD checkpoint file, prefix removed."""
+    state = torch.load(str(path), map_location="cpu", weights_only=False)["model"]
+    return {k[len("segmentor.") :]: v for k, v in state.items() if k.startswith("segmentor.")}
 
 
 # --------------------------------------------------------------------------- running
