@@ -89,18 +89,30 @@ def build_teacher(cfg) -> tuple[Any, Segmentor]:
 
 
 def _class_names(cfg) -> list[str]:
+    """The text bank's class names: ``MODEL.TEXT_BANK.CLASS_NAMES`` when set, else the
+    ``stuff_classes`` of ``DATASETS.TRAIN[0]``; their number must be the model's class count."""
     if len(cfg.MODEL.TEXT_BANK.CLASS_NAMES):
-        return list(cfg.MODEL.TEXT_BANK.CLASS_NAMES)
-    if not len(cfg.DATASETS.TRAIN):
-        raise ValueError("the text bank needs class names: set DATASETS.TRAIN or CLASS_NAMES")
-    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-    names = getattr(meta, "stuff_classes", None)
-    if not names:
+        names = list(cfg.MODEL.TEXT_BANK.CLASS_NAMES)
+        source = "MODEL.TEXT_BANK.CLASS_NAMES"
+    else:
+        if not len(cfg.DATASETS.TRAIN):
+            raise ValueError("the text bank needs class names: set DATASETS.TRAIN or CLASS_NAMES")
+        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+        names = getattr(meta, "stuff_classes", None)
+        if not names:
+            raise ValueError(
+                f"dataset {cfg.DATASETS.TRAIN[0]!r} has no stuff_classes in its metadata; the "
+                "text bank needs class names (or set MODEL.TEXT_BANK.CLASS_NAMES)"
+            )
+        names = list(names)
+        source = f"stuff_classes of {cfg.DATASETS.TRAIN[0]!r}"
+    k = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    if len(names) != k:
         raise ValueError(
-            f"dataset {cfg.DATASETS.TRAIN[0]!r} has no stuff_classes in its metadata; the text "
-            "bank needs class names (or set MODEL.TEXT_BANK.CLASS_NAMES)"
+            f"the text bank has {len(names)} class names ({source}: {names[:8]}) but the model "
+            f"predicts {k} classes (MODEL.SEM_SEG_HEAD.NUM_CLASSES): one name per class is needed"
         )
-    return list(names)
+    return names
 
 
 def build_text_embeddings(cfg) -> torch.Tensor:
@@ -142,6 +154,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         teacher_amp_dtype: str,
         distiller: Distiller,
         text_distiller: TextDistiller | None,
+        text_input: str = "feature",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -169,6 +182,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         self.teacher_amp_dtype = teacher_amp_dtype
         self.distiller = distiller
         self.text_distiller = text_distiller
+        self.text_input = text_input
 
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
@@ -192,6 +206,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
                 ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             ),
             text_distiller=None,
+            text_input=cfg.MODEL.DISTILL.TEXT.INPUT,
         )
         d = cfg.MODEL.DISTILL
         if d.TCD.WEIGHT > 0 or d.TRD.WEIGHT > 0 or d.TRD.MIMIC_WEIGHT > 0:
@@ -266,7 +281,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         losses = self.task_losses(s_out, targets)
         losses.update(self.distiller(s_out, t_out, targets))
         if self.text_distiller is not None:
-            name = "feature"
+            name = self.text_input
             losses.update(
                 self.text_distiller(
                     s_out.get(name), t_out.get(name), targets, iteration=current_iteration()
