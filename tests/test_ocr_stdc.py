@@ -62,6 +62,8 @@ def test_ocrnet_region_branch_reads_res4():
     model = build_segmentor(head="ocrnet", backbone="resnet18", num_classes=K, aux=False)
     assert model.head.soft_region.in_feature == "res4"
     assert model.head.soft_region.in_channels == model.backbone.out_channels["res4"]
+    # hidden width of the region FCN: like the aux head, a quarter of its input (256 -> 64)
+    assert model.head.soft_region.out_channels == 64
     # the region logits only depend on res4: perturbing res5 leaves them unchanged
     model.eval()
     feats = model.backbone(torch.randn(1, 3, 32, 32))

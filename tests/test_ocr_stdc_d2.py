@@ -82,6 +82,26 @@ def test_ocr_cfg_matches_core():
     assert out.extras["ocr_soft_regions"].shape == (2, K, 8, 8)
 
 
+def test_ocr_cfg_default_widths_match_core():
+    cfg = _cfg(
+        **{
+            "MODEL.SEM_SEG_HEAD.NAME": "TextKDOCRHead",
+            "MODEL.SEG_BACKBONE.ARCH": "mobilenetv2",
+            "MODEL.SEM_SEG_HEAD.CHANNELS": 0,
+            "MODEL.SEM_SEG_HEAD.OCR_KEY_CHANNELS": 0,
+            "MODEL.SEM_SEG_HEAD.AUX": False,
+            "MODEL.SEM_SEG_HEAD.AUX_CHANNELS": 0,
+        }
+    )
+    from_cfg = build_segmentor_from_cfg(cfg)
+    core = build_segmentor(head="ocrnet", backbone="mobilenetv2", num_classes=K, aux=False)
+    assert _shapes(from_cfg) == _shapes(core)
+    # MobileNetV2: res4 has 96 channels -> region FCN width 24; pixel/key widths 256/128
+    assert from_cfg.head.soft_region.in_channels == 96
+    assert from_cfg.head.soft_region.out_channels == 24
+    assert (from_cfg.head.out_channels, from_cfg.head.key_channels) == (256, 128)
+
+
 def test_stdc_cfg_matches_core():
     cfg = _cfg(
         **{

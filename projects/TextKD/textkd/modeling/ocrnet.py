@@ -255,7 +255,7 @@ def _ocrnet(
     ocr_key_channels: int | None = None,
     region_in_feature: str = "res4",
     region_in_channels: int | None = None,
-    region_channels: int | None = 256,
+    region_channels: int | None = None,
     feature_channels: Mapping[str, int] | None = None,
     scale: float = 1.0,
     **_: Any,
@@ -265,7 +265,9 @@ def _ocrnet(
     ``channels``/``ocr_key_channels`` None use :func:`default_ocr_channels`. The region input
     width comes from ``region_in_channels``, else ``feature_channels[region_in_feature]`` (the
     backbone's ``out_channels``), else the width of ``res4`` of the registered backbones whose
-    ``res5`` has ``in_channels`` channels (ResNets/STDC: half, MobileNetV2: 96)."""
+    ``res5`` has ``in_channels`` channels (ResNets/STDC: half, MobileNetV2: 96).
+    ``region_channels`` None = ``region_in_channels // 4`` like the auxiliary FCN (256 for
+    ResNet-50/101, mmsegmentation's OCRNet)."""
     default_ch, default_key = default_ocr_channels(in_channels)
     if region_in_channels is None:
         region_in_channels = _region_in_channels(
@@ -277,7 +279,7 @@ def _ocrnet(
         channels=channels or default_ch,
         key_channels=ocr_key_channels or default_key,
         region_in_channels=int(region_in_channels),
-        region_channels=region_channels or 256,
+        region_channels=region_channels or max(int(region_in_channels) // 4, 1),
         dropout=dropout,
         norm_layer=norm_layer,
         in_feature=in_feature,
