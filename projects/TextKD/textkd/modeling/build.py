@@ -213,7 +213,8 @@ class TextKDOCRHead(OCRHead):
     """:class:`OCRHead` from ``MODEL.SEM_SEG_HEAD``: pixel branch on IN_FEATURE (CHANNELS <= 0:
     512 for >= 1024 input channels, else 256), query/key width OCR_KEY_CHANNELS (<= 0: half of
     CHANNELS' default), soft-region FCN on AUX_IN_FEATURE with AUX_CHANNELS hidden channels
-    (<= 0: 256). The soft regions play the auxiliary head's role: OCRNet configs set AUX False."""
+    (<= 0: its input width // 4). The soft regions play the auxiliary head's role: OCRNet
+    configs set AUX False."""
 
     @configurable
     def __init__(self, **kwargs: Any) -> None:
@@ -234,7 +235,8 @@ class TextKDOCRHead(OCRHead):
         args["key_channels"] = key if key > 0 else default_key
         args["region_in_feature"] = h.AUX_IN_FEATURE
         args["region_in_channels"] = int(input_shape[h.AUX_IN_FEATURE].channels)
-        args["region_channels"] = int(h.AUX_CHANNELS) if int(h.AUX_CHANNELS) > 0 else 256
+        region_in = args["region_in_channels"]
+        args["region_channels"] = int(h.AUX_CHANNELS) if int(h.AUX_CHANNELS) > 0 else region_in // 4
         return args
 
 
