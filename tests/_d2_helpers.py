@@ -128,13 +128,15 @@ def tiny_opts(
     batch: int = 2,
     crop: int = 64,
     lr: float = 0.01,
+    channels: int | None = 32,
     extra: Iterable[Any] = (),
 ) -> list[str]:
-    """``KEY VALUE`` overrides of a tiny CPU run (see the module docstring)."""
-    opts: list[Any] = [
-        "MODEL.DEVICE", "cpu",
-        "MODEL.SEM_SEG_HEAD.CHANNELS", 32,
-        "MODEL.SEM_SEG_HEAD.AUX_CHANNELS", 16,
+    """``KEY VALUE`` overrides of a tiny CPU run (see the module docstring); ``channels`` is the
+    head width (None keeps the config's)."""
+    opts: list[Any] = ["MODEL.DEVICE", "cpu"]
+    if channels is not None:
+        opts += ["MODEL.SEM_SEG_HEAD.CHANNELS", channels, "MODEL.SEM_SEG_HEAD.AUX_CHANNELS", 16]
+    opts += [
         "DATASETS.TRAIN", f"('{train}',)",
         "DATASETS.TEST", f"('{test}',)" if test else "()",
         "INPUT.CROP.SIZE", f"({crop}, {crop})",
