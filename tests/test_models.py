@@ -112,7 +112,9 @@ def test_build_segmentor_end_to_end(arch, head):
     assert out.logits.shape == (2, K, SIZE // 8, SIZE // 8)
     assert out.feature.shape[1] == HEAD_WIDTH[(head, "small")]
     assert out.aux_logits.shape == out.logits.shape
-    assert model.aux_head.block[0].out_channels == 256  # aux_channels default
+    # aux_channels default: CIRKD's width, a quarter of the aux head's input (res4)
+    aux_in = model.backbone.out_channels["res4"]
+    assert model.aux_head.block[0].out_channels == aux_in // 4
 
 
 def test_all_archs_listed():

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .outputs import SegOutput
+from .stdc import extra_task_losses
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,16 @@ def segmentation_losses(
     aux_weight: float = 0.4,
     ignore_label: int = 255,
     align_corners: bool = False,
+    detail_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Task losses of one segmentor output.
 
     ``loss_sem_seg`` = CE(upsample(logits), y) and, when ``output.aux_logits`` exists,
     ``loss_aux`` = aux_weight · CE(upsample(aux_logits), y); CE ignores ``ignore_label`` and
-    logits are bilinearly upsampled to the label size (H, W). ``output.extras`` is ignored.
+    logits are bilinearly upsampled to the label size (H, W). Head-specific terms come from
+    ``output.extras`` through :func:`textkd.modeling.stdc.extra_task_losses`: STDC's
+    ``loss_detail`` (× ``detail_weight``) and OCRNet's ``loss_ocr_regions`` (× ``aux_weight``);
+    other extras are ignored.
 
     Args:
         output: the segmentor's :class:`SegOutput`.
@@ -76,4 +81,7 @@ def segmentation_losses(
         losses["loss_aux"] = aux_weight * cross_entropy_ignore(
             upsample_logits(output.aux_logits, size, align_corners), targets, ignore_label
         )
+    losses.update(
+        extra_task_losses(output, targets, aux_weight, detail_weight, ignore_label, align_corners)
+    )
     return losses

@@ -28,6 +28,9 @@ from .segmentor import Segmentor
 
 logger = logging.getLogger(__name__)
 
+#: seed of the label code's pixel noise at evaluation (per batch; training draws stay random)
+EVAL_CODE_SEED = 0
+
 __all__ = [
     "TextKDSemanticSegmentor",
     "LADSettings",
@@ -153,6 +156,7 @@ class TextKDSemanticSegmentor(nn.Module):
         pixel_mean: tuple[float, ...],
         pixel_std: tuple[float, ...],
         aux_weight: float = 0.4,
+        detail_weight: float = 1.0,
         ignore_value: int = 255,
         size_divisibility: int = -1,
         lad: LADSettings | None = None,
@@ -163,6 +167,7 @@ class TextKDSemanticSegmentor(nn.Module):
         self.segmentor = segmentor
         self.num_classes = segmentor.num_classes
         self.aux_weight = aux_weight
+        self.detail_weight = detail_weight
         self.ignore_value = ignore_value
         self.size_divisibility = size_divisibility
         self.lad = lad
@@ -180,6 +185,7 @@ class TextKDSemanticSegmentor(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "aux_weight": cfg.MODEL.SEM_SEG_HEAD.AUX_WEIGHT,
+            "detail_weight": cfg.MODEL.SEM_SEG_HEAD.STDC_DETAIL_WEIGHT,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
             "lad": LADSettings.from_cfg(cfg),
@@ -214,9 +220,15 @@ class TextKDSemanticSegmentor(nn.Module):
             ).tensor
         return images, targets
 
-    def _label_input(self, x: torch.Tensor, targets: torch.Tensor, mode: str) -> torch.Tensor:
+    def _label_input(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        mode: str,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Append the LAD label channel: a fresh noised draw ("noise"), the deterministic code
-        ("code") or zeros ("zero")."""
+        ("code", its pixel noise drawn from ``generator``) or zeros ("zero")."""
         assert self.lad is not None
         if mode == "noise":
             ch = noise_labels(
@@ -224,7 +236,12 @@ class TextKDSemanticSegmentor(nn.Module):
             )
         elif mode == "code":
             ch = label_code(
-                targets, self.num_classes, self.ignore_value, self.lad.alpha, self.lad.code_sigma
+                targets,
+                self.num_classes,
+                self.ignore_value,
+                self.lad.alpha,
+                self.lad.code_sigma,
+                generator=generator,
             )
         else:
             ch = x.new_zeros(x.shape[0], 1, *x.shape[2:])
@@ -254,7 +271,9 @@ class TextKDSemanticSegmentor(nn.Module):
         return losses
 
     def task_losses(self, out: SegOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        return segmentation_losses(out, targets, self.aux_weight, self.ignore_value)
+        return segmentation_losses(
+            out, targets, self.aux_weight, self.ignore_value, detail_weight=self.detail_weight
+        )
 
     def training_losses(self, x: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.lad is None:
@@ -278,7 +297,8 @@ class TextKDSemanticSegmentor(nn.Module):
     def inference(self, batched_inputs: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
         """Per image ``{"sem_seg": K×H×W scores}`` at the original image size. A LAD model
         returns its prediction with the label code under ``sem_seg`` and without the label
-        (zero channel) under ``sem_seg_zero_label``, as ``MODEL.LAD.EVAL_LABEL`` asks."""
+        (zero channel) under ``sem_seg_zero_label``, as ``MODEL.LAD.EVAL_LABEL`` asks; the
+        code's pixel noise is drawn from a generator seeded with ``EVAL_CODE_SEED`` per batch."""
         need_targets = self.lad is not None and self.lad.eval_label in ("code", "both")
         images, targets = self.preprocess(batched_inputs, need_targets=need_targets)
         x = images.tensor
@@ -287,8 +307,11 @@ class TextKDSemanticSegmentor(nn.Module):
             runs["sem_seg"] = self.run_segmentor(x, with_aux=False).logits
         else:
             if self.lad.eval_label in ("code", "both"):
+                # the code's pixel noise comes from a generator seeded per batch, so an
+                # evaluation is reproducible (eval-only gives the end-of-training numbers)
+                gen = torch.Generator(device=x.device).manual_seed(EVAL_CODE_SEED)
                 runs["sem_seg"] = self.run_segmentor(
-                    self._label_input(x, targets, "code"), with_aux=False
+                    self._label_input(x, targets, "code", generator=gen), with_aux=False
                 ).logits
             if self.lad.eval_label in ("zero", "both"):
                 key = "sem_seg" if self.lad.eval_label == "zero" else "sem_seg_zero_label"

@@ -244,7 +244,7 @@ def build_segmentor(
     psp_bins: Sequence[int] = (1, 2, 3, 6),
     dropout: float = 0.1,
     aux: bool = True,
-    aux_channels: int | None = 256,
+    aux_channels: int | None = None,
     norm_layer: str | NormLayer | None = None,
     in_feature: str = "res5",
     aux_in_feature: str = "res4",
