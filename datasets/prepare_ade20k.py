@@ -11,13 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from textkd.data.datasets.ade20k import ade20k_conversions, convert_ade20k_label
-from textkd.data.datasets.common import (
-    SplitReport,
-    convert_many,
-    exit_status,
-    format_reports,
-    parse_prepare_args,
-)
+from textkd.data.datasets.common import SplitReport, prepare_main, prepare_splits
 
 SPLITS = (
     "train",
@@ -27,22 +21,11 @@ SPLITS = (
 
 def prepare_ade20k(root: str, workers: int | None = None) -> list[SplitReport]:
     """Write the prepared label maps of every split under ``root``; one report per split."""
-    reports = []
-    for split in SPLITS:
-        jobs, report = ade20k_conversions(root, split)
-        reports.append(convert_many(convert_ade20k_label, jobs, report, workers))
-    return reports
+    return prepare_splits(ade20k_conversions, convert_ade20k_label, SPLITS, root, workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    root, workers = parse_prepare_args(__doc__, argv)
-    try:
-        reports = prepare_ade20k(root, workers)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_reports(reports))
-    return exit_status(reports)
+    return prepare_main(__doc__, prepare_ade20k, argv)
 
 
 if __name__ == "__main__":

@@ -13,35 +13,18 @@ import sys
 from collections.abc import Sequence
 
 from textkd.data.datasets.cityscapes import cityscapes_conversions, convert_cityscapes_label
-from textkd.data.datasets.common import (
-    SplitReport,
-    convert_many,
-    exit_status,
-    format_reports,
-    parse_prepare_args,
-)
+from textkd.data.datasets.common import SplitReport, prepare_main, prepare_splits
 
 SPLITS = ("train", "val")  # test labels are placeholders without annotations
 
 
 def prepare_cityscapes(root: str, workers: int | None = None) -> list[SplitReport]:
     """Convert labelIds -> labelTrainIds for the train and val splits under ``root``."""
-    reports = []
-    for split in SPLITS:
-        jobs, report = cityscapes_conversions(root, split)
-        reports.append(convert_many(convert_cityscapes_label, jobs, report, workers))
-    return reports
+    return prepare_splits(cityscapes_conversions, convert_cityscapes_label, SPLITS, root, workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    root, workers = parse_prepare_args(__doc__, argv)
-    try:
-        reports = prepare_cityscapes(root, workers)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_reports(reports))
-    return exit_status(reports)
+    return prepare_main(__doc__, prepare_cityscapes, argv)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from textkd.data.datasets.coco_stuff import cocostuff10k_conversions, convert_cocostuff10k_label
-from textkd.data.datasets.common import (
-    SplitReport,
-    convert_many,
-    exit_status,
-    format_reports,
-    parse_prepare_args,
-)
+from textkd.data.datasets.common import SplitReport, prepare_main, prepare_splits
 
 SPLITS = (
     "train",
@@ -29,22 +23,13 @@ SPLITS = (
 
 def prepare_coco_stuff10k(root: str, workers: int | None = None) -> list[SplitReport]:
     """Write the prepared label maps of every split under ``root``; one report per split."""
-    reports = []
-    for split in SPLITS:
-        jobs, report = cocostuff10k_conversions(root, split)
-        reports.append(convert_many(convert_cocostuff10k_label, jobs, report, workers))
-    return reports
+    return prepare_splits(
+        cocostuff10k_conversions, convert_cocostuff10k_label, SPLITS, root, workers
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    root, workers = parse_prepare_args(__doc__, argv)
-    try:
-        reports = prepare_coco_stuff10k(root, workers)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_reports(reports))
-    return exit_status(reports)
+    return prepare_main(__doc__, prepare_coco_stuff10k, argv)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,7 @@ from textkd.data.datasets.coco_stuff import (
     coco_stuff_164k_conversions,
     convert_coco_stuff_164k_label,
 )
-from textkd.data.datasets.common import (
-    SplitReport,
-    convert_many,
-    exit_status,
-    format_reports,
-    parse_prepare_args,
-)
+from textkd.data.datasets.common import SplitReport, prepare_main, prepare_splits
 
 SPLITS = (
     "train",
@@ -32,22 +26,13 @@ SPLITS = (
 
 def prepare_coco_stuff164k(root: str, workers: int | None = None) -> list[SplitReport]:
     """Write the prepared label maps of every split under ``root``; one report per split."""
-    reports = []
-    for split in SPLITS:
-        jobs, report = coco_stuff_164k_conversions(root, split)
-        reports.append(convert_many(convert_coco_stuff_164k_label, jobs, report, workers))
-    return reports
+    return prepare_splits(
+        coco_stuff_164k_conversions, convert_coco_stuff_164k_label, SPLITS, root, workers
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    root, workers = parse_prepare_args(__doc__, argv)
-    try:
-        reports = prepare_coco_stuff164k(root, workers)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_reports(reports))
-    return exit_status(reports)
+    return prepare_main(__doc__, prepare_coco_stuff164k, argv)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,8 @@ from textkd.data.datasets.common import (
     Conversion,
     SplitReport,
     convert_many,
-    exit_status,
-    format_reports,
     list_files,
-    parse_prepare_args,
+    prepare_main,
     read_split_list,
     require_dir,
     write_split_list,
@@ -99,14 +97,7 @@ def prepare_voc(root: str, workers: int | None = None) -> list[SplitReport]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    root, workers = parse_prepare_args(__doc__, argv)
-    try:
-        reports = prepare_voc(root, workers)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_reports(reports))
-    return exit_status(reports)
+    return prepare_main(__doc__, prepare_voc, argv)
 
 
 if __name__ == "__main__":

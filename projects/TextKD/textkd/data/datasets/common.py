@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import Pool
@@ -327,7 +328,9 @@ def not_prepared_error(
 # ---------------------------------------------------------------- prepare-script entry point
 
 
-def parse_prepare_args(description: str, argv: Sequence[str] | None = None) -> tuple[str, int]:
+def parse_prepare_args(
+    description: str | None, argv: Sequence[str] | None = None
+) -> tuple[str, int]:
     """Parse the command line shared by every ``datasets/prepare_*.py``:
     ``[--root R] [--workers N]``; returns ``(root, workers)`` and sets up INFO logging."""
     import argparse
@@ -352,3 +355,38 @@ def format_reports(reports: Sequence[SplitReport]) -> str:
 def exit_status(reports: Sequence[SplitReport]) -> int:
     """0 when every split is complete and clean, 1 otherwise."""
     return 0 if all(r.ok for r in reports) else 1
+
+
+def prepare_splits(
+    conversions_fn: Callable[[str, str], tuple[Sequence[Conversion], SplitReport]],
+    convert_fn: Callable[[str, str], list[int]],
+    splits: Sequence[str],
+    root: str,
+    workers: int | None = None,
+) -> list[SplitReport]:
+    """Prepare every split in ``splits`` in order: ``jobs, report = conversions_fn(root, split)``,
+    then :func:`convert_many` runs ``convert_fn`` on the jobs; one report per split."""
+    reports = []
+    for split in splits:
+        jobs, report = conversions_fn(root, split)
+        reports.append(convert_many(convert_fn, jobs, report, workers))
+    return reports
+
+
+def prepare_main(
+    doc: str | None,
+    prepare_fn: Callable[[str, int | None], Sequence[SplitReport]],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The ``main()`` of a ``datasets/prepare_*.py`` script (``doc`` is its help text): parse
+    ``[--root R] [--workers N]``, run ``prepare_fn(root, workers)`` and write the integrity report
+    to stdout. Returns the exit status: 2 (after ``error: ...`` on stderr) when the dataset is
+    absent or malformed (FileNotFoundError / KeyError / ValueError), else :func:`exit_status`."""
+    root, workers = parse_prepare_args(doc, argv)
+    try:
+        reports = prepare_fn(root, workers)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    sys.stdout.write(format_reports(reports) + "\n")
+    return exit_status(reports)
