@@ -16,24 +16,19 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
-
 from .common import (
     Conversion,
     SplitReport,
     build_lut,
+    check_split,
     check_split_size,
+    convert_png_with_lut,
     datasets_root,
-    list_files,
-    make_record,
-    missing_label_error,
-    not_prepared_error,
-    orphan_label_error,
     prepare_command,
-    read_label_png,
     require_dir,
-    unexpected_values,
-    write_label_png,
+    require_prepared_dir,
+    stem_conversions,
+    stem_records,
 )
 
 logger = logging.getLogger(__name__)
@@ -55,8 +50,7 @@ def ade20k_dir(root: str | None) -> str:
 
 
 def _folder(split: str) -> str:
-    if split not in ADE20K_SPLITS:
-        raise KeyError(f"unknown ADE20K split '{split}'; choose from {list(ADE20K_SPLITS)}")
+    check_split("ADE20K", split, ADE20K_SPLITS)
     return ADE20K_SPLITS[split][0]
 
 
@@ -69,11 +63,7 @@ def _hint(root: str) -> str:
 
 def convert_ade20k_label(src: str, dst: str) -> list[int]:
     """Write ``dst = src - 1`` with 0 -> 255. Returns values of ``src`` outside 0..150."""
-    raw = read_label_png(src)
-    if raw.dtype != np.uint8:
-        raise ValueError(f"{src}: expected 8-bit class ids, got dtype {raw.dtype}")
-    write_label_png(dst, ADE20K_LUT[raw])
-    return unexpected_values(raw, range(ADE20K_NUM_CLASSES + 1))
+    return convert_png_with_lut(src, dst, ADE20K_LUT, range(ADE20K_NUM_CLASSES + 1))
 
 
 def ade20k_conversions(root: str | None, split: str) -> tuple[list[Conversion], SplitReport]:
@@ -89,21 +79,8 @@ def ade20k_conversions(root: str | None, split: str) -> tuple[list[Conversion], 
         os.path.join(base, "annotations", folder), f"ADE20K {split} labels", _hint(root)
     )
     report = SplitReport("ade20k", split, expected=ADE20K_SPLITS[split][1])
-    stems = [n[:-4] for n in list_files(image_dir, ".jpg")]
-    report.images = len(stems)
-    raw = {n[:-4] for n in list_files(raw_dir, ".png")}
     out_dir = os.path.join(base, PREPARED_DIR, folder)
-    jobs = []
-    for s in stems:
-        if s not in raw:
-            report.missing.append(os.path.join(raw_dir, s + ".png"))
-            continue
-        src = os.path.join(raw_dir, s + ".png")
-        jobs.append(Conversion(src, os.path.join(out_dir, s + ".png"), src))
-    report.missing.extend(
-        f"{os.path.join(raw_dir, s + '.png')} (no image)" for s in sorted(raw - set(stems))
-    )
-    return jobs, report
+    return stem_conversions(image_dir, raw_dir, out_dir, report), report
 
 
 def load_ade20k(root: str | None, split: str) -> list[dict]:
@@ -116,24 +93,10 @@ def load_ade20k(root: str | None, split: str) -> list[dict]:
     )
     label_dir = os.path.join(base, PREPARED_DIR, folder)
     raw_dir = os.path.join(base, "annotations", folder)
-    if not os.path.isdir(label_dir):
-        if os.path.isdir(raw_dir):
-            raise not_prepared_error("ADE20K", label_dir, raw_dir, SCRIPT, root)
-        require_dir(label_dir, f"ADE20K {split} labels", _hint(root))
-    stems = [n[:-4] for n in list_files(image_dir, ".jpg")]
-    labels = {n[:-4] for n in list_files(label_dir, ".png")}
-    records = []
-    for s in stems:
-        image, label = os.path.join(image_dir, s + ".jpg"), os.path.join(label_dir, s + ".png")
-        if s not in labels:
-            raise missing_label_error(
-                "ADE20K", image, label, os.path.join(raw_dir, s + ".png"), SCRIPT, root
-            )
-        records.append(make_record(image, label))
-    for s in sorted(labels - set(stems)):
-        raise orphan_label_error(
-            "ADE20K", os.path.join(label_dir, s + ".png"), os.path.join(image_dir, s + ".jpg")
-        )
+    require_prepared_dir(
+        "ADE20K", label_dir, raw_dir, f"ADE20K {split} labels", _hint(root), SCRIPT, root
+    )
+    records = stem_records("ADE20K", image_dir, label_dir, raw_dir, SCRIPT, root)
     check_split_size("ADE20K", split, len(records), ADE20K_SPLITS[split][1])
     logger.info("ADE20K %s: %d images from %s", split, len(records), image_dir)
     return records

@@ -17,27 +17,24 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
-
 from .classes import CAMVID_VOID_ID
 from .common import (
     IGNORE_LABEL,
     Conversion,
     SplitReport,
     build_lut,
+    check_split,
     check_split_size,
+    convert_png_with_lut,
     datasets_root,
     list_files,
     make_record,
     missing_label_error,
-    not_prepared_error,
     orphan_label_error,
     prepare_command,
-    read_label_png,
     read_split_list,
     require_dir,
-    unexpected_values,
-    write_label_png,
+    require_prepared_dir,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,8 +61,7 @@ def _hint(root: str) -> str:
 
 
 def _base_splits(split: str) -> list[str]:
-    if split not in CAMVID_SPLITS:
-        raise KeyError(f"unknown CamVid split '{split}'; choose from {list(CAMVID_SPLITS)}")
+    check_split("CamVid", split, CAMVID_SPLITS)
     return ["train", "val"] if split == "trainval" else [split]
 
 
@@ -84,11 +80,8 @@ def camvid_split_names(root: str | None, split: str) -> list[str]:
 
 def convert_camvid_label(src: str, dst: str) -> list[int]:
     """Write ``dst = lut[src]`` (0..10 kept, void 11 -> 255). Returns values other than 0..11."""
-    raw = read_label_png(src)
-    if raw.dtype != np.uint8:
-        raise ValueError(f"{src}: expected 8-bit class ids, got dtype {raw.dtype}")
-    write_label_png(dst, CAMVID_LUT[raw])
-    return unexpected_values(raw, list(range(CAMVID_NUM_CLASSES)) + [CAMVID_VOID_ID, IGNORE_LABEL])
+    valid = list(range(CAMVID_NUM_CLASSES)) + [CAMVID_VOID_ID, IGNORE_LABEL]
+    return convert_png_with_lut(src, dst, CAMVID_LUT, valid)
 
 
 def camvid_conversions(root: str | None, split: str) -> tuple[list[Conversion], SplitReport]:
@@ -129,10 +122,9 @@ def load_camvid(root: str | None, split: str) -> list[dict]:
         image_dir = require_dir(os.path.join(base, sub), f"CamVid {sub} images", _hint(root))
         label_dir = os.path.join(base, sub + PREPARED_SUFFIX)
         raw_dir = os.path.join(base, sub + "annot")
-        if not os.path.isdir(label_dir):
-            if os.path.isdir(raw_dir):
-                raise not_prepared_error("CamVid", label_dir, raw_dir, SCRIPT, root)
-            require_dir(label_dir, f"CamVid {sub} labels", _hint(root))
+        require_prepared_dir(
+            "CamVid", label_dir, raw_dir, f"CamVid {sub} labels", _hint(root), SCRIPT, root
+        )
         names = camvid_split_names(root, sub)
         images = set(list_files(image_dir, ".png"))
         labels = set(list_files(label_dir, ".png"))

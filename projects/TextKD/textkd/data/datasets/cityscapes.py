@@ -25,17 +25,16 @@ from .common import (
     Conversion,
     SplitReport,
     build_lut,
+    check_split,
     check_split_size,
+    convert_png_with_lut,
     datasets_root,
     list_files,
     make_record,
     missing_label_error,
     orphan_label_error,
     prepare_command,
-    read_label_png,
     require_dir,
-    unexpected_values,
-    write_label_png,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,16 +66,9 @@ def label_id_to_train_id_lut() -> np.ndarray:
 def convert_cityscapes_label(src: str, dst: str) -> list[int]:
     """Write the trainIds PNG ``dst`` of the labelIds PNG ``src``: ``dst = lut[src]``.
     Returns the values of ``src`` that are not Cityscapes label ids (0..33)."""
-    raw = read_label_png(src)
-    if raw.dtype != np.uint8:
-        raise ValueError(f"{src}: expected an 8-bit labelIds PNG, got dtype {raw.dtype}")
-    write_label_png(dst, label_id_to_train_id_lut()[raw])
-    return unexpected_values(raw, range(NUM_LABEL_IDS))
-
-
-def _check_split(split: str) -> None:
-    if split not in CITYSCAPES_SPLITS:
-        raise KeyError(f"unknown Cityscapes split '{split}'; choose from {list(CITYSCAPES_SPLITS)}")
+    return convert_png_with_lut(
+        src, dst, label_id_to_train_id_lut(), range(NUM_LABEL_IDS), "an 8-bit labelIds PNG"
+    )
 
 
 def _hint(root: str) -> str:
@@ -90,7 +82,7 @@ def _hint(root: str) -> str:
 def cityscapes_conversions(root: str | None, split: str) -> tuple[list[Conversion], SplitReport]:
     """The labelIds -> labelTrainIds jobs of a split, and a report pre-filled with the image
     count and the images that have no labelIds file (or the reverse)."""
-    _check_split(split)
+    check_split("Cityscapes", split, CITYSCAPES_SPLITS)
     root = datasets_root(root)
     image_dir, gt_dir = cityscapes_dirs(root, split)
     require_dir(image_dir, f"Cityscapes {split} images", _hint(root))
@@ -125,7 +117,7 @@ def cityscapes_conversions(root: str | None, split: str) -> tuple[list[Conversio
 def load_cityscapes(root: str | None, split: str) -> list[dict]:
     """Records of a Cityscapes split: ``file_name`` (leftImg8bit PNG), ``sem_seg_file_name``
     (labelTrainIds PNG; absent for test), ``height`` 1024, ``width`` 2048."""
-    _check_split(split)
+    check_split("Cityscapes", split, CITYSCAPES_SPLITS)
     root = datasets_root(root)
     image_dir, gt_dir = cityscapes_dirs(root, split)
     require_dir(image_dir, f"Cityscapes {split} images", _hint(root))

@@ -39,17 +39,19 @@ from .common import (
     Conversion,
     SplitReport,
     build_lut,
+    check_split,
     check_split_size,
+    convert_png_with_lut,
     datasets_root,
     list_files,
     make_record,
     missing_label_error,
-    not_prepared_error,
-    orphan_label_error,
     prepare_command,
-    read_label_png,
     read_split_list,
     require_dir,
+    require_prepared_dir,
+    stem_conversions,
+    stem_records,
     unexpected_values,
     write_label_png,
 )
@@ -88,10 +90,7 @@ def cocostuff10k_dir(root: str | None) -> str:
 
 
 def _folder_164k(split: str) -> str:
-    if split not in COCO_STUFF_164K_SPLITS:
-        raise KeyError(
-            f"unknown COCO-Stuff-164K split '{split}'; choose from {list(COCO_STUFF_164K_SPLITS)}"
-        )
+    check_split("COCO-Stuff-164K", split, COCO_STUFF_164K_SPLITS)
     return COCO_STUFF_164K_SPLITS[split][0]
 
 
@@ -106,11 +105,9 @@ def _hint_164k(root: str) -> str:
 def convert_coco_stuff_164k_label(src: str, dst: str) -> list[int]:
     """Write the 171-class map ``dst = LUT_182_TO_171[src]`` of a ``stuffthingmaps`` PNG.
     Returns values of ``src`` that are neither 0..181 nor 255."""
-    raw = read_label_png(src)
-    if raw.dtype != np.uint8:
-        raise ValueError(f"{src}: expected 8-bit label values, got dtype {raw.dtype}")
-    write_label_png(dst, LUT_182_TO_171[raw])
-    return unexpected_values(raw, VALID_182_VALUES)
+    return convert_png_with_lut(
+        src, dst, LUT_182_TO_171, VALID_182_VALUES, expected="8-bit label values"
+    )
 
 
 def coco_stuff_164k_conversions(
@@ -126,21 +123,8 @@ def coco_stuff_164k_conversions(
         os.path.join(base, RAW_164K_DIR, folder), f"COCO-Stuff {folder} labels", _hint_164k(root)
     )
     report = SplitReport("coco_stuff_164k", split, expected=COCO_STUFF_164K_SPLITS[split][1])
-    stems = [n[:-4] for n in list_files(image_dir, ".jpg")]
-    report.images = len(stems)
-    raw = {n[:-4] for n in list_files(raw_dir, ".png")}
     out_dir = os.path.join(base, PREPARED_164K_DIR, folder)
-    jobs = []
-    for s in stems:
-        if s not in raw:
-            report.missing.append(os.path.join(raw_dir, s + ".png"))
-            continue
-        src = os.path.join(raw_dir, s + ".png")
-        jobs.append(Conversion(src, os.path.join(out_dir, s + ".png"), src))
-    report.missing.extend(
-        f"{os.path.join(raw_dir, s + '.png')} (no image)" for s in sorted(raw - set(stems))
-    )
-    return jobs, report
+    return stem_conversions(image_dir, raw_dir, out_dir, report), report
 
 
 def load_coco_stuff_164k(root: str | None, split: str, num_classes: int = 171) -> list[dict]:
@@ -157,25 +141,19 @@ def load_coco_stuff_164k(root: str | None, split: str, num_classes: int = 171) -
         label_dir = require_dir(raw_dir, f"COCO-Stuff {folder} labels", _hint_164k(root))
     else:
         label_dir = os.path.join(base, PREPARED_164K_DIR, folder)
-        if not os.path.isdir(label_dir):
-            if os.path.isdir(raw_dir):
-                raise not_prepared_error("COCO-Stuff-164K", label_dir, raw_dir, SCRIPT_164K, root)
-            require_dir(label_dir, f"COCO-Stuff {folder} labels", _hint_164k(root))
-    stems = [n[:-4] for n in list_files(image_dir, ".jpg")]
-    labels = {n[:-4] for n in list_files(label_dir, ".png")}
-    records = []
-    for s in stems:
-        image, label = os.path.join(image_dir, s + ".jpg"), os.path.join(label_dir, s + ".png")
-        if s not in labels:
-            raw = os.path.join(raw_dir, s + ".png") if num_classes == 171 else None
-            raise missing_label_error("COCO-Stuff-164K", image, label, raw, SCRIPT_164K, root)
-        records.append(make_record(image, label))
-    for s in sorted(labels - set(stems)):
-        raise orphan_label_error(
+        require_prepared_dir(
             "COCO-Stuff-164K",
-            os.path.join(label_dir, s + ".png"),
-            os.path.join(image_dir, s + ".jpg"),
+            label_dir,
+            raw_dir,
+            f"COCO-Stuff {folder} labels",
+            _hint_164k(root),
+            SCRIPT_164K,
+            root,
         )
+    prepared_from = raw_dir if num_classes == 171 else None  # 182-way: the labels are raw
+    records = stem_records(
+        "COCO-Stuff-164K", image_dir, label_dir, prepared_from, SCRIPT_164K, root
+    )
     check_split_size("COCO-Stuff-164K", split, len(records), COCO_STUFF_164K_SPLITS[split][1])
     logger.info("COCO-Stuff-164K %s (%d classes): %d images", split, num_classes, len(records))
     return records
@@ -185,10 +163,7 @@ def load_coco_stuff_164k(root: str | None, split: str, num_classes: int = 171) -
 
 
 def _check_10k(split: str) -> None:
-    if split not in COCO_STUFF_10K_SPLITS:
-        raise KeyError(
-            f"unknown COCO-Stuff-10K split '{split}'; choose from {list(COCO_STUFF_10K_SPLITS)}"
-        )
+    check_split("COCO-Stuff-10K", split, COCO_STUFF_10K_SPLITS)
 
 
 def _hint_10k(root: str) -> str:
@@ -288,10 +263,15 @@ def load_coco_stuff_10k(root: str | None, split: str) -> list[dict]:
     image_dir = require_dir(os.path.join(base, "images"), "COCO-Stuff-10K images", _hint_10k(root))
     label_dir = os.path.join(base, PREPARED_10K_DIR)
     raw_dir = os.path.join(base, "annotations")
-    if not os.path.isdir(label_dir):
-        if os.path.isdir(raw_dir):
-            raise not_prepared_error("COCO-Stuff-10K", label_dir, raw_dir, SCRIPT_10K, root)
-        require_dir(label_dir, "COCO-Stuff-10K labels", _hint_10k(root))
+    require_prepared_dir(
+        "COCO-Stuff-10K",
+        label_dir,
+        raw_dir,
+        "COCO-Stuff-10K labels",
+        _hint_10k(root),
+        SCRIPT_10K,
+        root,
+    )
     list_path, ids = _10k_ids(root, split)
     images = set(list_files(image_dir, ".jpg"))
     labels = set(list_files(label_dir, ".png"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 
@@ -164,6 +164,23 @@ def unexpected_values(label: np.ndarray, valid: Iterable[int]) -> list[int]:
     return [int(v) for v in values if int(v) not in valid_set]
 
 
+def convert_png_with_lut(
+    src: str,
+    dst: str,
+    lut: np.ndarray,
+    valid: Iterable[int],
+    expected: str = "8-bit class ids",
+) -> list[int]:
+    """Write the label map ``dst = lut[src]`` of the 8-bit label PNG ``src`` (a table look-up per
+    pixel). Returns the values of ``src`` not in ``valid``; ValueError ``{src}: expected
+    {expected}, got dtype ...`` when ``src`` is not 8-bit."""
+    raw = read_label_png(src)
+    if raw.dtype != np.uint8:
+        raise ValueError(f"{src}: expected {expected}, got dtype {raw.dtype}")
+    write_label_png(dst, lut[raw])
+    return unexpected_values(raw, valid)
+
+
 # ---------------------------------------------------------------- conversion with a report
 
 
@@ -279,6 +296,29 @@ def convert_many(
     return report
 
 
+def stem_conversions(
+    image_dir: str, raw_dir: str, out_dir: str, report: SplitReport, image_suffix: str = ".jpg"
+) -> list[Conversion]:
+    """The jobs ``raw_dir/{stem}.png -> out_dir/{stem}.png`` of a split whose images
+    ``image_dir/{stem}{image_suffix}`` and labels pair by file stem (ADE20K, COCO-Stuff-164K).
+    Sets ``report.images`` and lists in ``report.missing`` the labels an image lacks and the
+    labels without an image (marked ``(no image)``)."""
+    stems = [n[: -len(image_suffix)] for n in list_files(image_dir, image_suffix)]
+    report.images = len(stems)
+    raw = {n[:-4] for n in list_files(raw_dir, ".png")}
+    jobs = []
+    for s in stems:
+        if s not in raw:
+            report.missing.append(os.path.join(raw_dir, s + ".png"))
+            continue
+        src = os.path.join(raw_dir, s + ".png")
+        jobs.append(Conversion(src, os.path.join(out_dir, s + ".png"), src))
+    report.missing.extend(
+        f"{os.path.join(raw_dir, s + '.png')} (no image)" for s in sorted(raw - set(stems))
+    )
+    return jobs
+
+
 # ---------------------------------------------------------------- loader helpers
 
 
@@ -323,6 +363,57 @@ def not_prepared_error(
         f"{dataset} labels are not prepared: {missing} does not exist but the raw labels {raw} "
         f"do; run `{prepare_command(script, root)}`"
     )
+
+
+def check_split(dataset: str, split: str, splits: Collection[str]) -> None:
+    """KeyError ``unknown {dataset} split '{split}'; choose from [...]`` unless ``split`` is one
+    of ``splits`` (a dict's keys count)."""
+    if split not in splits:
+        raise KeyError(f"unknown {dataset} split '{split}'; choose from {list(splits)}")
+
+
+def require_prepared_dir(
+    dataset: str, label_dir: str, raw_dir: str, what: str, hint: str, script: str, root: str
+) -> str:
+    """Return ``label_dir`` (the prepared labels) if it is a directory; else raise
+    :func:`not_prepared_error` naming the prepare command when the raw labels ``raw_dir`` exist,
+    or FileNotFoundError (``what: expected directory ...``, ``hint``) when neither does."""
+    if not os.path.isdir(label_dir):
+        if os.path.isdir(raw_dir):
+            raise not_prepared_error(dataset, label_dir, raw_dir, script, root)
+        require_dir(label_dir, what, hint)
+    return label_dir
+
+
+def stem_records(
+    dataset: str,
+    image_dir: str,
+    label_dir: str,
+    raw_dir: str | None,
+    script: str,
+    root: str,
+    image_suffix: str = ".jpg",
+) -> list[dict]:
+    """Records pairing every image ``image_dir/{stem}{image_suffix}`` with its label
+    ``label_dir/{stem}.png`` (ADE20K, COCO-Stuff-164K). An image without a label raises
+    :func:`missing_label_error` (naming the prepare script when the raw label
+    ``raw_dir/{stem}.png`` exists; ``raw_dir`` None: labels are used raw), a label without an
+    image :func:`orphan_label_error`."""
+    stems = [n[: -len(image_suffix)] for n in list_files(image_dir, image_suffix)]
+    labels = {n[:-4] for n in list_files(label_dir, ".png")}
+    records = []
+    for s in stems:
+        image = os.path.join(image_dir, s + image_suffix)
+        label = os.path.join(label_dir, s + ".png")
+        if s not in labels:
+            raw = os.path.join(raw_dir, s + ".png") if raw_dir is not None else None
+            raise missing_label_error(dataset, image, label, raw, script, root)
+        records.append(make_record(image, label))
+    for s in sorted(labels - set(stems)):
+        raise orphan_label_error(
+            dataset, os.path.join(label_dir, s + ".png"), os.path.join(image_dir, s + image_suffix)
+        )
+    return records
 
 
 # ---------------------------------------------------------------- prepare-script entry point

@@ -27,6 +27,7 @@ from .classes import VOC_PALETTE
 from .common import (
     IGNORE_LABEL,
     DatasetNotPreparedError,
+    check_split,
     check_split_size,
     datasets_root,
     list_files,
@@ -110,11 +111,6 @@ def convert_voc_label(src: str, dst: str) -> list[int]:
     return bad
 
 
-def _check_split(split: str) -> None:
-    if split not in VOC_SPLITS:
-        raise KeyError(f"unknown Pascal VOC split '{split}'; choose from {list(VOC_SPLITS)}")
-
-
 def _hint(root: str) -> str:
     return (
         f"Unpack VOCtrainval_11-May-2012.tar into {root} (giving VOCdevkit/VOC2012) and SBD's "
@@ -126,7 +122,7 @@ def _hint(root: str) -> str:
 def load_voc(root: str | None, split: str) -> list[dict]:
     """Records of a VOC split from its official list: ``train_aug`` (prepared list and
     ``SegmentationClassAug``), ``val`` / ``train`` (``SegmentationClass``)."""
-    _check_split(split)
+    check_split("Pascal VOC", split, VOC_SPLITS)
     root = datasets_root(root)
     base = voc_dir(root)
     require_dir(base, "Pascal VOC 2012", _hint(root))
