@@ -26,9 +26,10 @@ root) replaces the earlier registrations.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -83,97 +84,110 @@ def registered_names() -> list[str]:
     return list(_REGISTERED)
 
 
-def _register_cityscapes(root: str) -> None:
-    for split in CITYSCAPES_SPLITS:
-        image_dir, gt_dir = cityscapes_dirs(root, split)
+def _register_splits(
+    prefix: str,
+    splits: Iterable[str],
+    load: Callable[..., list[dict]],
+    root: str,
+    classes: Sequence[str],
+    colors: Sequence,
+    roots: Callable[[str], tuple[str, str]],
+    evaluator_type: str = "sem_seg",
+) -> None:
+    """Register ``{prefix}_{split}_sem_seg`` for every split: records ``load(root, split)`` and
+    metadata ``stuff_classes``, ``stuff_colors``, ``evaluator_type`` and ``image_root,
+    sem_seg_root = roots(split)`` (plus ``gt_dir = sem_seg_root`` for the Cityscapes evaluator)."""
+    for split in splits:
+        image_root, sem_seg_root = roots(split)
+        extra = {"gt_dir": sem_seg_root} if evaluator_type == "cityscapes_sem_seg" else {}
         register_sem_seg(
-            f"cityscapes_{split}_sem_seg",
-            lambda r=root, s=split: load_cityscapes(r, s),
-            stuff_classes=list(C.CITYSCAPES_CLASSES),
-            stuff_colors=_colors(C.CITYSCAPES_COLORS),
-            evaluator_type="cityscapes_sem_seg",
-            image_root=image_dir,
-            sem_seg_root=gt_dir,
-            gt_dir=gt_dir,
+            f"{prefix}_{split}_sem_seg",
+            functools.partial(load, root, split),
+            stuff_classes=list(classes),
+            stuff_colors=_colors(colors),
+            evaluator_type=evaluator_type,
+            image_root=image_root,
+            sem_seg_root=sem_seg_root,
+            **extra,
         )
+
+
+def _register_cityscapes(root: str) -> None:
+    _register_splits(
+        "cityscapes",
+        CITYSCAPES_SPLITS,
+        load_cityscapes,
+        root,
+        C.CITYSCAPES_CLASSES,
+        C.CITYSCAPES_COLORS,
+        functools.partial(cityscapes_dirs, root),
+        evaluator_type="cityscapes_sem_seg",
+    )
 
 
 def _register_voc(root: str) -> None:
     base = voc_dir(root)
-    for split in VOC_SPLITS:
+
+    def roots(split: str) -> tuple[str, str]:
         label_dir = AUG_LABEL_DIR if split == "train_aug" else "SegmentationClass"
-        register_sem_seg(
-            f"voc_{split}_sem_seg",
-            lambda r=root, s=split: load_voc(r, s),
-            stuff_classes=list(C.VOC_CLASSES),
-            stuff_colors=_colors(C.VOC_COLORS),
-            evaluator_type="sem_seg",
-            image_root=os.path.join(base, "JPEGImages"),
-            sem_seg_root=os.path.join(base, label_dir),
-        )
+        return os.path.join(base, "JPEGImages"), os.path.join(base, label_dir)
+
+    _register_splits("voc", VOC_SPLITS, load_voc, root, C.VOC_CLASSES, C.VOC_COLORS, roots)
 
 
 def _register_camvid(root: str) -> None:
     base = camvid_dir(root)
-    for split in CAMVID_SPLITS:
-        sub = "train" if split == "trainval" else split  # trainval spans two folders
-        register_sem_seg(
-            f"camvid_{split}_sem_seg",
-            lambda r=root, s=split: load_camvid(r, s),
-            stuff_classes=list(C.CAMVID_CLASSES),
-            stuff_colors=_colors(C.CAMVID_COLORS),
-            evaluator_type="sem_seg",
-            image_root=os.path.join(base, sub) if split != "trainval" else base,
-            sem_seg_root=os.path.join(base, sub + CAMVID_PREPARED) if split != "trainval" else base,
-        )
+
+    def roots(split: str) -> tuple[str, str]:
+        if split == "trainval":  # trainval spans two folders
+            return base, base
+        return os.path.join(base, split), os.path.join(base, split + CAMVID_PREPARED)
+
+    _register_splits(
+        "camvid", CAMVID_SPLITS, load_camvid, root, C.CAMVID_CLASSES, C.CAMVID_COLORS, roots
+    )
 
 
 def _register_ade20k(root: str) -> None:
     base = ade20k_dir(root)
-    for split, (folder, _) in ADE20K_SPLITS.items():
-        register_sem_seg(
-            f"ade20k_{split}_sem_seg",
-            lambda r=root, s=split: load_ade20k(r, s),
-            stuff_classes=list(C.ADE20K_CLASSES),
-            stuff_colors=_colors(C.ADE20K_COLORS),
-            evaluator_type="sem_seg",
-            image_root=os.path.join(base, "images", folder),
-            sem_seg_root=os.path.join(base, ADE_PREPARED, folder),
-        )
+
+    def roots(split: str) -> tuple[str, str]:
+        folder = ADE20K_SPLITS[split][0]
+        return os.path.join(base, "images", folder), os.path.join(base, ADE_PREPARED, folder)
+
+    _register_splits(
+        "ade20k", ADE20K_SPLITS, load_ade20k, root, C.ADE20K_CLASSES, C.ADE20K_COLORS, roots
+    )
 
 
 def _register_coco_stuff(root: str) -> None:
     base = coco_dir(root)
-    for split, (folder, _) in COCO_STUFF_164K_SPLITS.items():
-        register_sem_seg(
-            f"coco_stuff_164k_{split}_sem_seg",
-            lambda r=root, s=split: load_coco_stuff_164k(r, s, num_classes=171),
-            stuff_classes=list(C.COCO_STUFF_171_CLASSES),
-            stuff_colors=_colors(C.COCO_STUFF_171_COLORS),
-            evaluator_type="sem_seg",
-            image_root=os.path.join(base, folder),
-            sem_seg_root=os.path.join(base, PREPARED_164K_DIR, folder),
-        )
-        register_sem_seg(
-            f"coco_stuff_164k_182_{split}_sem_seg",
-            lambda r=root, s=split: load_coco_stuff_164k(r, s, num_classes=182),
-            stuff_classes=list(C.COCO_STUFF_182_CLASSES),
-            stuff_colors=_colors(C.COCO_STUFF_182_COLORS),
-            evaluator_type="sem_seg",
-            image_root=os.path.join(base, folder),
-            sem_seg_root=os.path.join(base, RAW_164K_DIR, folder),
-        )
+
+    def roots(label_dir: str, split: str) -> tuple[str, str]:
+        folder = COCO_STUFF_164K_SPLITS[split][0]
+        return os.path.join(base, folder), os.path.join(base, label_dir, folder)
+
+    for split in COCO_STUFF_164K_SPLITS:  # each split with 171 classes, then CIRKD's 182 (raw)
+        for n, label_dir in ((171, PREPARED_164K_DIR), (182, RAW_164K_DIR)):
+            _register_splits(
+                "coco_stuff_164k" if n == 171 else "coco_stuff_164k_182",
+                [split],
+                functools.partial(load_coco_stuff_164k, num_classes=n),
+                root,
+                C.CLASSES[f"coco_stuff_{n}"],
+                C.COLORS[f"coco_stuff_{n}"],
+                functools.partial(roots, label_dir),
+            )
     base10k = cocostuff10k_dir(root)
-    for split in COCO_STUFF_10K_SPLITS:
-        register_sem_seg(
-            f"coco_stuff_10k_{split}_sem_seg",
-            lambda r=root, s=split: load_coco_stuff_10k(r, s),
-            stuff_classes=list(C.COCO_STUFF_171_CLASSES),
-            stuff_colors=_colors(C.COCO_STUFF_171_COLORS),
-            evaluator_type="sem_seg",
-            image_root=os.path.join(base10k, "images"),
-            sem_seg_root=os.path.join(base10k, PREPARED_10K_DIR),
-        )
+    _register_splits(
+        "coco_stuff_10k",
+        COCO_STUFF_10K_SPLITS,
+        load_coco_stuff_10k,
+        root,
+        C.COCO_STUFF_171_CLASSES,
+        C.COCO_STUFF_171_COLORS,
+        lambda split: (os.path.join(base10k, "images"), os.path.join(base10k, PREPARED_10K_DIR)),
+    )
 
 
 def _load_synthetic(root: str, split: str) -> list[dict]:
@@ -190,16 +204,15 @@ def _register_synthetic(root: str) -> None:
         logger.warning("synthetic dataset not registered: %s", e)
         return
     base = os.path.join(os.path.abspath(os.path.expanduser(root)), SYNTHETIC_DIRNAME)
-    for split in SYNTHETIC_SPLITS:
-        register_sem_seg(
-            f"textkd_synthetic_{split}_sem_seg",
-            lambda r=root, s=split: _load_synthetic(r, s),
-            stuff_classes=list(SYNTHETIC_CLASSES),
-            stuff_colors=_colors(SYNTHETIC_COLORS),
-            evaluator_type="sem_seg",
-            image_root=os.path.join(base, "images", split),
-            sem_seg_root=os.path.join(base, "labels", split),
-        )
+    _register_splits(
+        "textkd_synthetic",
+        SYNTHETIC_SPLITS,
+        _load_synthetic,
+        root,
+        SYNTHETIC_CLASSES,
+        SYNTHETIC_COLORS,
+        lambda split: (os.path.join(base, "images", split), os.path.join(base, "labels", split)),
+    )
 
 
 def register_all(root: str | None = None) -> list[str]:
