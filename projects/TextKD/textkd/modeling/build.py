@@ -138,15 +138,24 @@ def TextKDTimmBackbone(  # noqa: N802 - the registry name
 # --------------------------------------------------------------------------- heads
 
 
-def _head_common_args(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-    h = cfg.MODEL.SEM_SEG_HEAD
-    if h.IN_FEATURE not in input_shape:
+def _feature_channels(
+    input_shape: dict[str, ShapeSpec], key: str, feature: str, role: str = ""
+) -> int:
+    """Channels of backbone output ``feature`` (the value of ``MODEL.SEM_SEG_HEAD.{key}``);
+    ValueError naming the key, its value (and ``role``) and the available outputs when the
+    backbone has no such output."""
+    if feature not in input_shape:
         raise ValueError(
-            f"MODEL.SEM_SEG_HEAD.IN_FEATURE={h.IN_FEATURE!r} is not a backbone output; "
+            f"MODEL.SEM_SEG_HEAD.{key}={feature!r}{role} is not a backbone output; "
             f"available: {list(input_shape)}"
         )
+    return int(input_shape[feature].channels)
+
+
+def _head_common_args(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
+    h = cfg.MODEL.SEM_SEG_HEAD
     return {
-        "in_channels": int(input_shape[h.IN_FEATURE].channels),
+        "in_channels": _feature_channels(input_shape, "IN_FEATURE", h.IN_FEATURE),
         "num_classes": int(h.NUM_CLASSES),
         "dropout": float(h.DROPOUT),
         "norm_layer": resolve_norm(cfg),
@@ -154,100 +163,93 @@ def _head_common_args(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[s
     }
 
 
-def _channels(cfg: CfgNode, head: str, in_channels: int) -> int:
+def _head_args(
+    cfg: CfgNode, input_shape: dict[str, ShapeSpec], head: str, **extra: Any
+) -> dict[str, Any]:
+    """The common head arguments, ``channels`` = CHANNELS (<= 0: the reference width of
+    ``head``, :func:`default_head_channels`) and ``extra``."""
+    args = _head_common_args(cfg, input_shape)
     ch = int(cfg.MODEL.SEM_SEG_HEAD.CHANNELS)
-    return ch if ch > 0 else default_head_channels(head, in_channels)
+    args["channels"] = ch if ch > 0 else default_head_channels(head, args["in_channels"])
+    args.update(extra)
+    return args
+
+
+class _ConfigurableHead:
+    """Mixin of the registered heads: ``Head(cfg, input_shape)`` calls the core head's
+    constructor with ``from_config(cfg, input_shape)``; ``Head(**kwargs)`` calls it directly."""
+
+    @configurable
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class TextKDDeepLabV3Head(DeepLabV3Head):
+class TextKDDeepLabV3Head(_ConfigurableHead, DeepLabV3Head):
     """:class:`DeepLabV3Head` from ``MODEL.SEM_SEG_HEAD`` (CHANNELS <= 0: reference width)."""
 
-    @configurable
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-        args = _head_common_args(cfg, input_shape)
-        args["channels"] = _channels(cfg, "deeplabv3", args["in_channels"])
-        args["dilations"] = tuple(cfg.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS)
-        args["align_corners"] = bool(cfg.MODEL.SEM_SEG_HEAD.ALIGN_CORNERS)
-        return args
+        h = cfg.MODEL.SEM_SEG_HEAD
+        return _head_args(
+            cfg,
+            input_shape,
+            "deeplabv3",
+            dilations=tuple(h.ASPP_DILATIONS),
+            align_corners=bool(h.ALIGN_CORNERS),
+        )
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class TextKDPSPHead(PSPHead):
+class TextKDPSPHead(_ConfigurableHead, PSPHead):
     """:class:`PSPHead` from ``MODEL.SEM_SEG_HEAD`` (CHANNELS <= 0: reference width)."""
 
-    @configurable
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-        args = _head_common_args(cfg, input_shape)
-        args["channels"] = _channels(cfg, "pspnet", args["in_channels"])
-        args["bins"] = tuple(cfg.MODEL.SEM_SEG_HEAD.PSP_BINS)
-        args["align_corners"] = bool(cfg.MODEL.SEM_SEG_HEAD.ALIGN_CORNERS)
-        return args
+        h = cfg.MODEL.SEM_SEG_HEAD
+        return _head_args(
+            cfg, input_shape, "pspnet", bins=tuple(h.PSP_BINS), align_corners=bool(h.ALIGN_CORNERS)
+        )
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class TextKDFCNHead(FCNHead):
+class TextKDFCNHead(_ConfigurableHead, FCNHead):
     """:class:`FCNHead` (2 convs, input concatenated) from ``MODEL.SEM_SEG_HEAD``."""
 
-    @configurable
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-        args = _head_common_args(cfg, input_shape)
-        args["channels"] = _channels(cfg, "fcn", args["in_channels"])
-        return args
+        return _head_args(cfg, input_shape, "fcn")
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class TextKDOCRHead(OCRHead):
+class TextKDOCRHead(_ConfigurableHead, OCRHead):
     """:class:`OCRHead` from ``MODEL.SEM_SEG_HEAD``: pixel branch on IN_FEATURE (CHANNELS <= 0:
     512 for >= 1024 input channels, else 256), query/key width OCR_KEY_CHANNELS (<= 0: half of
     CHANNELS' default), soft-region FCN on AUX_IN_FEATURE with AUX_CHANNELS hidden channels
     (<= 0: its input width // 4). The soft regions play the auxiliary head's role: OCRNet
     configs set AUX False."""
 
-    @configurable
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
         h = cfg.MODEL.SEM_SEG_HEAD
         args = _head_common_args(cfg, input_shape)
-        if h.AUX_IN_FEATURE not in input_shape:
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE={h.AUX_IN_FEATURE!r} (OCR soft regions) is not "
-                f"a backbone output; available: {list(input_shape)}"
-            )
+        region_in = _feature_channels(
+            input_shape, "AUX_IN_FEATURE", h.AUX_IN_FEATURE, " (OCR soft regions)"
+        )
         default_ch, default_key = default_ocr_channels(args["in_channels"])
         args["channels"] = int(h.CHANNELS) if int(h.CHANNELS) > 0 else default_ch
         key = int(h.OCR_KEY_CHANNELS)
         args["key_channels"] = key if key > 0 else default_key
         args["region_in_feature"] = h.AUX_IN_FEATURE
-        args["region_in_channels"] = int(input_shape[h.AUX_IN_FEATURE].channels)
-        region_in = args["region_in_channels"]
+        args["region_in_channels"] = region_in
         args["region_channels"] = int(h.AUX_CHANNELS) if int(h.AUX_CHANNELS) > 0 else region_in // 4
         return args
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class TextKDSTDCHead(STDCHead):
+class TextKDSTDCHead(_ConfigurableHead, STDCHead):
     """:class:`STDCHead` from ``MODEL.SEM_SEG_HEAD`` on the backbone's res3/res4/res5 (width
     CHANNELS, <= 0: 256); the detail branch exists when STDC_DETAIL_WEIGHT > 0."""
-
-    @configurable
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
@@ -276,12 +278,7 @@ def build_aux_head_from_cfg(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> 
     h = cfg.MODEL.SEM_SEG_HEAD
     if not h.AUX:
         return None
-    if h.AUX_IN_FEATURE not in input_shape:
-        raise ValueError(
-            f"MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE={h.AUX_IN_FEATURE!r} is not a backbone output; "
-            f"available: {list(input_shape)}"
-        )
-    in_ch = int(input_shape[h.AUX_IN_FEATURE].channels)
+    in_ch = _feature_channels(input_shape, "AUX_IN_FEATURE", h.AUX_IN_FEATURE)
     ch = int(h.AUX_CHANNELS)
     return AuxFCNHead(
         in_ch,
