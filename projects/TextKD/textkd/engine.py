@@ -3,6 +3,7 @@ checkpointer, and the student export."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import weakref
@@ -113,11 +114,17 @@ class TextKDCheckpointer(DetectionCheckpointer):
         save_file = os.path.join(self.save_dir, basename)
         tmp = save_file + ".tmp"
         self.logger.info("Saving checkpoint to %s", save_file)
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, save_file)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, save_file)
+        except BaseException:
+            # a failed save (disk full, unpicklable state, interrupt) leaves no partial file
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
@@ -181,8 +188,10 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        # a CPU model (gloo) takes no device_ids; detectron2 passes the local rank regardless
+        ddp_kwargs = {} if str(cfg.MODEL.DEVICE).startswith("cuda") else {"device_ids": None}
         model = create_ddp_model(
-            model, broadcast_buffers=False, find_unused_parameters=_find_unused(cfg)
+            model, broadcast_buffers=False, find_unused_parameters=_find_unused(cfg), **ddp_kwargs
         )
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
