@@ -317,14 +317,18 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
 
 def tiny_clip_checkpoint(directory: str | os.PathLike) -> tuple[str, str]:
     """Register :data:`TINY_CLIP` with open_clip (config written under ``directory``) and save
-    the model with seeded random weights to ``directory/tiny_clip.pt``; returns
-    ``(model_name, checkpoint_path)``."""
+    the model with seeded random weights to ``directory/tiny_clip.pt`` (both only once);
+    returns ``(model_name, checkpoint_path)``."""
     import open_clip
 
     directory = Path(directory)
     cfg_dir = directory / "clip_configs"
-    cfg_dir.mkdir(parents=True, exist_ok=True)
-    (cfg_dir / f"{TINY_CLIP}.json").write_text(json.dumps(TINY_CLIP_CFG))
+    cfg_file = cfg_dir / f"{TINY_CLIP}.json"
+    if not cfg_file.exists():
+        cfg_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cfg_dir / f".{TINY_CLIP}.json.tmp"
+        tmp.write_text(json.dumps(TINY_CLIP_CFG))
+        os.replace(tmp, cfg_file)
     open_clip.add_model_config(cfg_dir)
     ckpt = directory / "tiny_clip.pt"
     if not ckpt.exists():
@@ -332,3 +336,14 @@ def tiny_clip_checkpoint(directory: str | os.PathLike) -> tuple[str, str]:
         model = open_clip.create_model(TINY_CLIP)
         torch.save(model.state_dict(), ckpt)
     return TINY_CLIP, str(ckpt)
+
+
+def register_tiny_clip(directory: str | os.PathLike) -> None:
+    """Register the :data:`TINY_CLIP` config written by :func:`tiny_clip_checkpoint` under
+    ``directory`` in this process (e.g. a spawned worker), writing nothing."""
+    import open_clip
+
+    cfg_dir = Path(directory) / "clip_configs"
+    if not (cfg_dir / f"{TINY_CLIP}.json").is_file():
+        raise FileNotFoundError(f"no tiny CLIP config under {cfg_dir}: call tiny_clip_checkpoint")
+    open_clip.add_model_config(cfg_dir)
