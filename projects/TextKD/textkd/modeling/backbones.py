@@ -30,6 +30,7 @@ __all__ = [
     "SegBackbone",
     "build_backbone",
     "load_pretrained",
+    "unwrap_state_dict",
     "freeze_batchnorm",
     "resolve_norm_layer",
     "register_backbone",
@@ -374,18 +375,26 @@ def build_backbone(
 # --------------------------------------------------------------------------- pretrained weights
 
 
-def _unwrap_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
+# containers a checkpoint may nest its weights under, tried in this order
+STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "model_state")
+
+
+def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint ``obj``: a state dict, or one nested (up to 3 levels)
+    under a key of :data:`STATE_DICT_KEYS`; ``module.`` prefixes are removed and non-tensor
+    entries dropped. ValueError naming ``source`` (the file) when ``obj`` is not a mapping or
+    holds no tensors."""
     for _ in range(3):
         if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
+            for key in STATE_DICT_KEYS:
                 if isinstance(obj.get(key), Mapping):
                     obj = obj[key]
                     break
             else:
                 break
     if not isinstance(obj, Mapping):
-        raise ValueError(f"pretrained file '{path}' does not hold a state dict (got {type(obj)})")
-    state = {}
+        raise ValueError(f"{source} does not hold a state dict (got {type(obj).__name__})")
+    state: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
             continue
@@ -393,7 +402,7 @@ def _unwrap_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
             key = key[len("module.") :]
         state[key] = value
     if not state:
-        raise ValueError(f"pretrained file '{path}' holds no tensors")
+        raise ValueError(f"{source} holds no tensors")
     return state
 
 
@@ -428,7 +437,7 @@ def load_pretrained(
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot read pretrained weights '{path}': {e}") from e
-    ckpt = _unwrap_state_dict(obj, path)
+    ckpt = unwrap_state_dict(obj, f"pretrained file '{path}'")
     own = backbone.state_dict()
     std = backbone.extra_chans_init_std if extra_chans_init_std is None else extra_chans_init_std
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .backbones import build_backbone
+from .backbones import build_backbone, unwrap_state_dict
 from .stdc import STDC_LAYERS  # also registers the stdc1/stdc2 backbones
 
 logger = logging.getLogger(__name__)
@@ -193,36 +193,17 @@ def _opts_value(v: Any) -> str:
 
 
 def load_source_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Read a checkpoint of another codebase: a state dict, or one nested under
-    ``state_dict``/``model``/``state_dict_ema``; ``module.`` prefixes are removed and non-tensor
-    entries ignored. Loaded with ``weights_only=True`` (tensors and plain containers only).
-    Raises FileNotFoundError / ValueError naming the file."""
+    """Read a checkpoint of another codebase: a state dict, or one nested under ``state_dict`` /
+    ``model`` / ``state_dict_ema`` / ... (:func:`backbones.unwrap_state_dict`); ``module.``
+    prefixes are removed and non-tensor entries ignored. Loaded with ``weights_only=True``
+    (tensors and plain containers only). Raises FileNotFoundError / ValueError naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint to convert not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot read checkpoint {path}: {e}") from e
-    for _ in range(3):
-        if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            for key in ("state_dict", "model", "state_dict_ema", "model_state"):
-                if isinstance(obj.get(key), Mapping):
-                    obj = obj[key]
-                    break
-            else:
-                break
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
-    state: dict[str, torch.Tensor] = {}
-    for k, v in obj.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        while k.startswith("module."):
-            k = k[len("module.") :]
-        state[k] = v
-    if not state:
-        raise ValueError(f"{path} holds no tensors")
-    return state
+    return unwrap_state_dict(obj, path)
 
 
 def detect_format(state: Mapping[str, torch.Tensor]) -> str:
