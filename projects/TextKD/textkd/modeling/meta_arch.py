@@ -162,6 +162,7 @@ class TextKDSemanticSegmentor(nn.Module):
         lad: LADSettings | None = None,
         amp_dtype: str = "",
         channels_last: bool = False,
+        nonfinite_check: bool = True,
     ):
         super().__init__()
         self.segmentor = segmentor
@@ -173,6 +174,7 @@ class TextKDSemanticSegmentor(nn.Module):
         self.lad = lad
         self.amp_dtype = amp_dtype
         self.channels_last = channels_last
+        self.nonfinite_check = nonfinite_check
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if channels_last:
@@ -191,6 +193,7 @@ class TextKDSemanticSegmentor(nn.Module):
             "lad": LADSettings.from_cfg(cfg),
             "amp_dtype": cfg.MODEL.AMP_DTYPE,
             "channels_last": cfg.MODEL.CHANNELS_LAST,
+            "nonfinite_check": cfg.TEXTKD.NONFINITE_CHECK,
         }
 
     @property
@@ -267,7 +270,8 @@ class TextKDSemanticSegmentor(nn.Module):
             return self.inference(batched_inputs)
         images, targets = self.preprocess(batched_inputs, need_targets=True)
         losses = self.training_losses(images.tensor, targets)
-        check_finite_losses(losses)
+        if self.nonfinite_check:
+            check_finite_losses(losses)
         return losses
 
     def task_losses(self, out: SegOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
