@@ -116,6 +116,7 @@ class FrozenTeacherProbe(HookBase):
         self.grad_names.append(names)
 
 
+@pytest.mark.slow
 def test_every_method_trains_with_its_loss_keys(data_root, teacher, tmp_path):
     """Each method: all loss keys, finite; only student + adapters get gradients; the teacher
     (weights and BN statistics) is bit-identical after the steps; the total goes down."""
@@ -359,3 +360,18 @@ def test_non_finite_distillation_loss_stops_training(cwd_run, teacher, tmp_path)
         n for n in before if n.endswith(".pth")
     )
     assert (run / "last_checkpoint").read_text().strip() == "model_final.pth"
+
+    # TEXTKD.NONFINITE_CHECK False turns TextKD's check off; detectron2's own check (after the
+    # backward pass, before the optimizer step) still stops the run
+    run2 = tmp_path / "out2"
+    shutil.copytree(out, run2)
+    unchecked = H.load_cfg(
+        cfg_file,
+        H.tiny_opts(run2, max_iter=8, checkpoint_period=1)
+        + ["MODEL.DISTILL.TEACHER.WEIGHTS", nan_teacher, "TEXTKD.NONFINITE_CHECK", False],
+    )
+    tr = H.build_trainer(unchecked, resume=True)
+    assert tr.model.nonfinite_check is False
+    with pytest.raises(FloatingPointError, match=r"iteration=4") as e:
+        tr.train()
+    assert "Training stopped; resume" not in str(e.value)
