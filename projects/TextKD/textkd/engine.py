@@ -36,7 +36,7 @@ from .config import add_textkd_config
 from .data.mapper import TextKDSemSegDatasetMapper
 from .evaluation.cityscapes_evaluation import TextKDCityscapesSemSegEvaluator
 from .evaluation.sem_seg_evaluation import TextKDSemSegEvaluator
-from .modeling.build import check_num_classes
+from .modeling.build import check_num_classes, resolve_norm
 from .modeling.weights import _first_conv_hint, first_conv_keys
 from .solver import build_lr_scheduler
 
@@ -190,8 +190,14 @@ class Trainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         # a CPU model (gloo) takes no device_ids; detectron2 passes the local rank regardless
         ddp_kwargs = {} if str(cfg.MODEL.DEVICE).startswith("cuda") else {"device_ids": None}
+        # plain BN (CPU, or NORM "BN") keeps per-rank running statistics: broadcast rank 0's at
+        # every forward so all ranks (and their shares of a distributed evaluation) use the
+        # statistics the checkpoint saves; SyncBN keeps them identical by itself
         model = create_ddp_model(
-            model, broadcast_buffers=False, find_unused_parameters=_find_unused(cfg), **ddp_kwargs
+            model,
+            broadcast_buffers=resolve_norm(cfg) != "SyncBN",
+            find_unused_parameters=_find_unused(cfg),
+            **ddp_kwargs,
         )
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
