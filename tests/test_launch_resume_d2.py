@@ -106,6 +106,7 @@ def _dist_main(cfg_file: str, opts: list[str], data_root: str, clip_dir: str, re
         "text_values": td.text.tolist(),
         "teacher_in_chans": model.teacher.backbone.conv1[0].in_channels,
         "lad_teacher": model.teacher_lad is not None,
+        "eval": trainer._last_eval_results if comm.is_main_process() else None,
     }
     with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as f:
         json.dump(out, f)
@@ -120,7 +121,7 @@ def test_two_process_gloo_run_keeps_ranks_identical(data_root, tmp_path):
     cfg_file = distill_config(tmp_path / "ddp.yaml", t_cfg, t_weights, clip, cache)
     results = tmp_path / "results"
     results.mkdir()
-    opts = H.tiny_opts(tmp_path / "out", max_iter=3, batch=4, test=None)
+    opts = H.tiny_opts(tmp_path / "out", max_iter=3, batch=4, eval_period=3)
     launch(
         _dist_main,
         2,
@@ -139,6 +140,7 @@ def test_two_process_gloo_run_keeps_ranks_identical(data_root, tmp_path):
     assert a["params_before"] == b["params_before"]  # DDP broadcast rank 0's initial weights
     assert a["params"] == b["params"]  # ... and every step kept them identical
     assert a["student"] == b["student"]
+    assert a["student_state"] == b["student_state"]  # BN statistics too
     assert a["teacher"] == b["teacher"]
     assert a["text"] == b["text"]
     # the bank both ranks used is the one of the dataset's class names
@@ -153,10 +155,14 @@ def test_two_process_gloo_run_keeps_ranks_identical(data_root, tmp_path):
     torch.testing.assert_close(torch.tensor(a["text_values"]), bank)
     ckpt = torch.load(tmp_path / "out" / "model_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["iteration"] == 2
-    # rank 0 saved its final state
-    assert H.state_hash(H.read_segmentor_state(tmp_path / "out" / "model_final.pth")) == (
-        a["student_state"]
-    )
+    # rank 0 saved its final state, and the distributed evaluation (each rank its share of the
+    # images) equals a single-process evaluation of that checkpoint
+    final = tmp_path / "out" / "model_final.pth"
+    assert H.state_hash(H.read_segmentor_state(final)) == a["student_state"]
+    assert b["eval"] is None and set(a["eval"]) == {"sem_seg"}
+    cfg = H.load_cfg(cfg_file, opts)
+    single = H.evaluate(cfg, final)
+    assert json.loads(json.dumps(single)) == a["eval"]
 
 
 # --------------------------------------------------------------------------- kill and resume
