@@ -9,7 +9,7 @@
   :func:`tiny_opts` are the ``KEY VALUE`` overrides of a tiny run (batch 2, 64×64 crops, a few
   iterations, narrow heads, no loader workers).
 * :func:`run_training` / :func:`evaluate` drive :class:`textkd.engine.Trainer` in-process;
-  :func:`train_net` runs ``tools/train_net.py`` in a subprocess.
+  :func:`run_tool` runs ``tools/*.py`` (train_net, export_student) in a subprocess.
 * :func:`tiny_clip_checkpoint` registers a tiny open_clip architecture and saves it with random
   weights to a local file (nothing is downloaded).
 
