@@ -683,17 +683,12 @@ def synthetic_files() -> dict[str, str]:
     put(
         "deeplabv3_r50_teacher",
         [
-            "Synthetic teacher: DeepLabV3 on a dilated deep-stem ResNet-50, head width 256.",
-            "Output stride 16 with ASPP rates halved as at OS16 (the students use 8: distillation",
-            "resizes the student maps to the teacher's);",
-            "400 iterations, so it trains in minutes on a CPU and beyond the students' 300.",
+            "Synthetic teacher: DeepLabV3 on a dilated (OS8) deep-stem ResNet-50, head width 256,",
+            "trained for 400 iterations (the students: 300).",
         ],
         {
             "_BASE_": "Base-Synthetic.yaml",
-            "MODEL": {
-                "SEG_BACKBONE": {"ARCH": "resnet50v1s", "OUTPUT_STRIDE": 16},
-                "SEM_SEG_HEAD": {"CHANNELS": 256, "ASPP_DILATIONS": [1, 2, 3]},
-            },
+            "MODEL": {"SEG_BACKBONE": {"ARCH": "resnet50v1s"}, "SEM_SEG_HEAD": {"CHANNELS": 256}},
             "SOLVER": {"MAX_ITER": 400},
             "TEST": {"EVAL_PERIOD": 400},
         },
