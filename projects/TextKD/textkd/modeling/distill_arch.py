@@ -24,7 +24,7 @@ from ..distill.lad import label_code
 from ..distill.terms import Distiller, parse_terms
 from ..distill.text_plugins import TextDistiller
 from ..text.bank import load_text_bank
-from .build import build_segmentor_from_cfg
+from .build import build_segmentor_from_cfg, resolve_norm
 from .meta_arch import (
     LADSettings,
     TextKDSemanticSegmentor,
@@ -232,6 +232,11 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
                 probe_pretrain_iters=d.TEXT.PROBE_PRETRAIN_ITERS,
                 ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             )
+            if resolve_norm(cfg) == "SyncBN":
+                # the student projector's BN follows the configured norm, like the student
+                ret["text_distiller"] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
+                    ret["text_distiller"]
+                )
         return ret
 
     def train(self, mode: bool = True):
