@@ -162,6 +162,12 @@ def test_loss_benchmark_records_on_tiny_sizes():
         assert r["params"]["pixels_per_image"] == pixels
         assert mem["pair_map_bytes"] == pixels * pixels * 4
         assert mem["all_pairs_bytes"] == b * b * pixels * pixels * 4
+        assert mem["feature_map_bytes"] == b * 4 * 6 * 5 * 4
+        assert mem["bound_bytes"] == int(
+            B.TARGETS["cirkd_peak_pair_maps_max"] * mem["pair_map_bytes"]
+            + B.TARGETS["cirkd_peak_feature_maps_max"] * mem["feature_map_bytes"]
+        )
+        assert mem["pass"] == (mem["vectorised_peak_bytes"] <= mem["bound_bytes"])
         assert mem["method"] == "torch_profiler"
         assert mem["vectorised_peak_bytes"] > 0 and mem["loop_peak_bytes"] > 0
         assert mem["vectorised_peak_pair_maps"] == pytest.approx(
@@ -175,9 +181,11 @@ def test_cirkd_memory_is_bounded_by_one_pair_and_the_loop_is_not():
     batch 4 while the loop reference (all B² pairs in the autograd graph) needs far more."""
     rec = B.bench_cirkd(batch=4, channels=8, height=24, width=24, pooling=False, iters=1, warmup=0)
     mem = rec["memory"]
+    assert mem["feature_map_bytes"] * 10 < mem["pair_map_bytes"]  # maps dominate here
     assert mem["vectorised_peak_pair_maps"] <= B.TARGETS["cirkd_peak_pair_maps_max"]
     assert mem["loop_peak_pair_maps"] > 16  # 4² = 16 pairs, each with maps kept for backward
     assert mem["pass"] is True
+    assert mem["loop_peak_bytes"] > mem["bound_bytes"]
 
 
 # --------------------------------------------------------------------------- evaluator memory

@@ -113,6 +113,8 @@ def test_end_to_end_json_report(tmp_path):
 
     for c in data["configs"]:
         assert c["step"]["n"] == 2
+        assert len(c["samples"]["step"]) == 2
+        assert c["step"]["median"] == pytest.approx(sum(c["samples"]["step"]) / 2)
         parts = c["parts"]
         expected = {"student_forward", "student_backward", "student_forward_backward", "optimizer"}
         if c["distill"]:
@@ -138,6 +140,19 @@ def test_end_to_end_json_report(tmp_path):
             )
             assert d["distill_part_fraction"] == pytest.approx(parts["distill"]["median"] / (t + s))
             assert d["pass"] == (d["distill_overhead"] <= 0.10)
+            smp = c["samples"]
+            rounds = [
+                (st - te - sfb - op) / (te + sfb)
+                for st, te, sfb, op in zip(
+                    smp["step"],
+                    smp["teacher_forward"],
+                    smp["student_forward_backward"],
+                    smp["optimizer"],
+                )
+            ]
+            assert d["distill_overhead_paired"] == pytest.approx(
+                sorted(rounds)[0] / 2 + sorted(rounds)[1] / 2
+            )
         else:
             assert d["distill_overhead"] is None and d["pass"] is None
 
@@ -152,6 +167,8 @@ def test_end_to_end_json_report(tmp_path):
     for comp in comps:
         b, o = by[comp["base"]], by[comp["config"]]
         assert comp["step_overhead"] == pytest.approx(o["step"]["median"] / b["step"]["median"] - 1)
+        r = [x / y - 1 for x, y in zip(o["samples"]["step"], b["samples"]["step"])]
+        assert comp["step_overhead_paired"] == pytest.approx((r[0] + r[1]) / 2)
         assert comp["memory_overhead"] == pytest.approx(
             o["memory"]["peak_bytes"] / b["memory"]["peak_bytes"] - 1
         )
