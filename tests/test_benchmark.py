@@ -43,6 +43,15 @@ def test_time_calls_counts_and_measures():
         B.time_calls(lambda: None, iters=0)
 
 
+def test_time_interleaved_alternates():
+    order = []
+    a, b = B.time_interleaved([lambda: order.append("a"), lambda: order.append("b")], 3, 1)
+    assert order == ["a", "b"] * 4
+    assert len(a) == len(b) == 3 and all(t >= 0 for t in a + b)
+    with pytest.raises(ValueError, match="warmup"):
+        B.time_interleaved([lambda: None], 1, -1)
+
+
 # --------------------------------------------------------------------------- parsing and inputs
 
 

@@ -3,7 +3,8 @@
 
 Timing: every measured call is bracketed by a device synchronisation (``torch.cuda.synchronize``
 on CUDA) and ``time.perf_counter``; a series of samples is summarised by :func:`summarize`
-(median, mean, standard deviation, quartiles / IQR, min, max).
+(median, mean, standard deviation, quartiles / IQR, min, max). Implementations compared with each
+other are timed alternately (:func:`time_interleaved`), so a drifting machine load hits them alike.
 
 Memory:
 
@@ -51,6 +52,7 @@ __all__ = [
     "synchronize",
     "timed",
     "time_calls",
+    "time_interleaved",
     "summarize",
     "current_rss_bytes",
     "peak_rss_bytes",
@@ -148,6 +150,31 @@ def time_calls(
         with timed(device) as t:
             fn()
         out.append(t.seconds)
+    return out
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], Any]],
+    iters: int,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+) -> list[list[float]]:
+    """Like :func:`time_calls` for several functions whose calls alternate (round i calls each
+    function once, in order), so that a machine load drifting over time affects them alike;
+    returns one list of ``iters`` wall times per function."""
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    out: list[list[float]] = [[] for _ in fns]
+    for _ in range(iters):
+        for fn, times in zip(fns, out):
+            with timed(device) as t:
+                fn()
+            times.append(t.seconds)
     return out
 
 
@@ -388,8 +415,9 @@ def bench_noise_labels(
         g = torch.Generator(device=dev).manual_seed(seed + 1)
         return fn(labels, num_classes, 255, generator=g)
 
-    vec_times = time_calls(lambda: run(noise_labels), iters, warmup, dev)
-    loop_times = time_calls(lambda: run(noise_labels_loop), iters, warmup, dev)
+    vec_times, loop_times = time_interleaved(
+        [lambda: run(noise_labels), lambda: run(noise_labels_loop)], iters, warmup, dev
+    )
     diff = _max_abs_diff(run(noise_labels), run(noise_labels_loop))
     params = {"batch": batch, "height": height, "width": width, "num_classes": num_classes}
     return _pair_record(
@@ -434,8 +462,15 @@ def bench_ifvd(
         batch, height * label_scale, width * label_scale, num_classes, generator=gen, device=dev
     )
     args = (f_t, labels, num_classes, 255)
-    vec_times = time_calls(lambda: _forward_backward(ifvd, f_s, *args), iters, warmup, dev)
-    loop_times = time_calls(lambda: _forward_backward(ifvd_loop, f_s, *args), iters, warmup, dev)
+    vec_times, loop_times = time_interleaved(
+        [
+            lambda: _forward_backward(ifvd, f_s, *args),
+            lambda: _forward_backward(ifvd_loop, f_s, *args),
+        ],
+        iters,
+        warmup,
+        dev,
+    )
     loss_v, grad_v = _forward_backward(ifvd, f_s, *args)
     loss_l, grad_l = _forward_backward(ifvd_loop, f_s, *args)
     key = "ifvd_speedup_min_150" if num_classes >= 150 else "ifvd_speedup_min_19"
@@ -485,11 +520,14 @@ def bench_cirkd(
     f_s = torch.randn((batch, channels, height, width), generator=gen).to(dev)
     f_t = torch.randn((batch, channels, height, width), generator=gen).to(dev)
     kw = {"temperature": temperature, "pooling": pooling}
-    vec_times = time_calls(
-        lambda: _forward_backward(cirkd_pixel_pairs, f_s, f_t, **kw), iters, warmup, dev
-    )
-    loop_times = time_calls(
-        lambda: _forward_backward(cirkd_pixel_pairs_loop, f_s, f_t, **kw), iters, warmup, dev
+    vec_times, loop_times = time_interleaved(
+        [
+            lambda: _forward_backward(cirkd_pixel_pairs, f_s, f_t, **kw),
+            lambda: _forward_backward(cirkd_pixel_pairs_loop, f_s, f_t, **kw),
+        ],
+        iters,
+        warmup,
+        dev,
     )
     (loss_v, grad_v), peak_v = (
         peak_extra_bytes(lambda: _forward_backward(cirkd_pixel_pairs, f_s, f_t, **kw), dev)
