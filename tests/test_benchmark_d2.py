@@ -74,6 +74,7 @@ def test_end_to_end_json_report(tmp_path):
         [
             "--random-teacher",
             "--random-text-bank",
+            "--no-pretrained",
             "--batch",
             "2",
             "--size",
@@ -105,6 +106,9 @@ def test_end_to_end_json_report(tmp_path):
     assert by["deeplabv3_r18_baseline"]["random_teacher"] is False
     assert by["cwd"]["random_teacher"] is True and by["cwd"]["random_text_bank"] is False
     assert by["text"]["random_teacher"] is True and by["text"]["random_text_bank"] is True
+
+    assert all(c["pretrained"] == "" for c in data["configs"])
+    assert "--no-pretrained" in data["settings"]["argv"]
 
     # loss keys of the real step
     assert set(by["deeplabv3_r18_baseline"]["loss_keys"]) == {"loss_sem_seg", "loss_aux"}

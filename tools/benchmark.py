@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the random control text bank (same K×D size) instead of a CLIP cache",
     )
     p.add_argument(
+        "--no-pretrained",
+        action="store_true",
+        help="build the backbones without their ImageNet weights (MODEL.SEG_BACKBONE.PRETRAINED "
+        "''): timing and memory do not depend on the initial weights",
+    )
+    p.add_argument(
         "--compare",
         nargs="+",
         default=[],
@@ -290,12 +296,18 @@ def build_run(
     from textkd.engine import Trainer, load_config
 
     run = ConfigRun(name=name, path=path, opts=list(args.opts) + list(opts))
+    if args.no_pretrained:
+        run.opts += ["MODEL.SEG_BACKBONE.PRETRAINED", ""]
     cfg = load_config(_resolve_path(path), run.opts)
     cfg.MODEL.DEVICE = str(device)
     if args.dataset_loader:
         cfg.SOLVER.IMS_PER_BATCH = args.batch
     run.distill = cfg.MODEL.META_ARCHITECTURE == "DistillSemanticSegmentor"
     if run.distill and args.random_teacher:
+        # the random teacher's weights all come from the checkpoint written below: its backbone
+        # needs no ImageNet file
+        teacher_opts = list(cfg.MODEL.DISTILL.TEACHER.OPTS)
+        cfg.MODEL.DISTILL.TEACHER.OPTS = teacher_opts + ["MODEL.SEG_BACKBONE.PRETRAINED", ""]
         teacher_cfg = cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE
         if teacher_cfg and not os.path.isfile(teacher_cfg):
             cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = _resolve_path(teacher_cfg)
@@ -638,6 +650,7 @@ def config_record(run: ConfigRun, args) -> dict[str, Any]:
         "amp_dtype": cfg.MODEL.AMP_DTYPE,
         "teacher_amp_dtype": cfg.MODEL.DISTILL.TEACHER.AMP_DTYPE if run.distill else None,
         "channels_last": bool(cfg.MODEL.CHANNELS_LAST),
+        "pretrained": cfg.MODEL.SEG_BACKBONE.PRETRAINED,
         "num_classes": int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
         "parameters": params,
         "trainable_parameters": trainable,
