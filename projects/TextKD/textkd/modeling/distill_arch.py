@@ -178,6 +178,12 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
             "teacher_pixel_std", torch.tensor(teacher_pixel_std).view(-1, 1, 1), False
         )
         self.teacher_flip_channels = teacher_flip_channels
+        # teacher and student normalise alike: the teacher reuses the student's input tensor
+        self.teacher_shares_input = (
+            not teacher_flip_channels
+            and tuple(teacher_pixel_mean) == tuple(kwargs["pixel_mean"])
+            and tuple(teacher_pixel_std) == tuple(kwargs["pixel_std"])
+        )
         self.teacher_lad = teacher_lad
         self.teacher_amp_dtype = teacher_amp_dtype
         self.distiller = distiller
@@ -246,17 +252,23 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         return self
 
     @torch.no_grad()
-    def teacher_forward(self, batched_inputs, targets: torch.Tensor) -> SegOutput:
-        """Frozen teacher on its own normalisation (and the label code for a LAD teacher)."""
-        images = normalize_images(
-            batched_inputs,
-            self.teacher_pixel_mean,
-            self.teacher_pixel_std,
-            self.size_divisibility,
-            self.device,
-            flip_channels=self.teacher_flip_channels,
-        )
-        x = images.tensor
+    def teacher_forward(
+        self, batched_inputs, targets: torch.Tensor, student_input: torch.Tensor | None = None
+    ) -> SegOutput:
+        """Frozen teacher on its own normalisation (and the label code for a LAD teacher).
+        ``student_input``, the student's normalised batch, is reused when both models normalise
+        alike instead of normalising and padding the batch a second time."""
+        if student_input is not None and self.teacher_shares_input:
+            x = student_input
+        else:
+            x = normalize_images(
+                batched_inputs,
+                self.teacher_pixel_mean,
+                self.teacher_pixel_std,
+                self.size_divisibility,
+                self.device,
+                flip_channels=self.teacher_flip_channels,
+            ).tensor
         if self.teacher_lad is not None:
             code = label_code(
                 targets,
@@ -281,7 +293,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         if not self.training:
             return self.inference(batched_inputs)
         images, targets = self.preprocess(batched_inputs, need_targets=True)
-        t_out = self.teacher_forward(batched_inputs, targets)
+        t_out = self.teacher_forward(batched_inputs, targets, student_input=images.tensor)
         s_out = self.run_segmentor(images.tensor, with_aux=True)
         losses = self.task_losses(s_out, targets)
         losses.update(self.distiller(s_out, t_out, targets))
