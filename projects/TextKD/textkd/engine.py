@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import weakref
-from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -265,10 +264,6 @@ class Trainer(DefaultTrainer):
                 "'sem_seg' and 'cityscapes_sem_seg' datasets"
             )
         return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
-
-    @classmethod
-    def test(cls, cfg, model, evaluators=None) -> OrderedDict:
-        return super().test(cfg, model, evaluators)
 
 
 def export_student(model, output: str) -> dict[str, torch.Tensor]:

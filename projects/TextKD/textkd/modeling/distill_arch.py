@@ -282,12 +282,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(x.device, self.teacher_amp_dtype):
             out = self.teacher(x, with_aux=self.distiller.needs_aux)
-        return SegOutput(
-            logits=out.logits.float(),
-            feature=out.feature.float(),
-            aux_logits=None if out.aux_logits is None else out.aux_logits.float(),
-            extras={k: v.float() for k, v in out.extras.items()},
-        )
+        return out.float()
 
     def forward(self, batched_inputs: list[dict[str, Any]]):
         if not self.training:

@@ -10,6 +10,7 @@ evaluated with the label code and/or a zero label channel.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -58,7 +59,7 @@ def check_finite_losses(losses: dict[str, torch.Tensor]) -> None:
     values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
     if bool(torch.isfinite(values).all()):
         return
-    bad = [k for k, v in zip(losses, values.tolist()) if not torch.isfinite(torch.tensor(v))]
+    bad = [k for k, v in zip(losses, values.tolist()) if not math.isfinite(v)]
     it = current_iteration()
     raise FloatingPointError(
         f"non-finite loss {', '.join(repr(k) for k in bad)} at iteration {it}: "
@@ -255,14 +256,7 @@ class TextKDSemanticSegmentor(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(x.device, self.amp_dtype):
             out = self.segmentor(x, with_aux=with_aux)
-        if self.amp_dtype:
-            out = SegOutput(
-                logits=out.logits.float(),
-                feature=out.feature.float(),
-                aux_logits=None if out.aux_logits is None else out.aux_logits.float(),
-                extras={k: v.float() for k, v in out.extras.items()},
-            )
-        return out
+        return out.float() if self.amp_dtype else out
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: list[dict[str, Any]]):

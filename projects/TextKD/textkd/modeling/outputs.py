@@ -32,6 +32,19 @@ class SegOutput:
         else:
             value = self.extras.get(name)
         if value is None:
-            choices = ["logits", "feature"] + (["aux_logits"] if self.aux_logits is not None else [])
-            raise KeyError(f"model output has no '{name}'; available: {choices + list(self.extras)}")
+            choices = ["logits", "feature"] + (
+                ["aux_logits"] if self.aux_logits is not None else []
+            )
+            raise KeyError(
+                f"model output has no '{name}'; available: {choices + list(self.extras)}"
+            )
         return value
+
+    def float(self) -> SegOutput:
+        """The same record in float32 (after autocast); float32 tensors are returned as they are."""
+        return SegOutput(
+            logits=self.logits.float(),
+            feature=self.feature.float(),
+            aux_logits=None if self.aux_logits is None else self.aux_logits.float(),
+            extras={k: v.float() for k, v in self.extras.items()},
+        )
