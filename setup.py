@@ -1,7 +1,9 @@
 """Install the ``textkd`` package (a Detectron2 project) from ``projects/TextKD/textkd``.
 
-detectron2 itself is a prerequisite installed the official way (see README.md); it is not
-listed here because it is not published on PyPI.
+detectron2 is not published on PyPI, so it is not listed here: ``scripts/setup_env.sh`` installs it
+(official source or the registry's redistribution). Its runtime dependencies are listed, so that a
+detectron2 installed without them (the registry build is unpacked with ``--no-deps``) still runs
+the full training loop (tensorboard for the event writers, omegaconf/hydra for LazyConfig, …).
 """
 
 from setuptools import find_packages, setup
@@ -29,6 +31,17 @@ setup(
         "scipy",
         "h5py",
         "Pillow",
+        # detectron2's runtime dependencies
+        "tensorboard",
+        "omegaconf>=2.1,<2.4",
+        "hydra-core>=1.1",
+        "cloudpickle",
+        "yacs>=0.1.8",
+        "tabulate",
+        "termcolor>=1.1",
+        "matplotlib",
+        "packaging",
+        "black",
     ],
     extras_require={"dev": ["pytest", "black", "ruff"]},
 )
