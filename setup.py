@@ -42,6 +42,7 @@ setup(
         "matplotlib",
         "packaging",
         "black",
+        "setuptools<81",  # detectron2.model_zoo imports pkg_resources, removed in setuptools 81
     ],
     extras_require={"dev": ["pytest", "black", "ruff"]},
 )

@@ -157,6 +157,7 @@ try:  # what TextKD uses
     from detectron2.engine import DefaultTrainer, default_argument_parser, launch  # noqa: F401
     from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator  # noqa: F401
     from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, build_model  # noqa: F401
+    from detectron2.model_zoo import get_config_file  # noqa: F401  (needs pkg_resources)
     from detectron2.solver import build_lr_scheduler  # noqa: F401
     from detectron2.utils.events import TensorboardXWriter  # noqa: F401
     import tensorboard  # noqa: F401  (detectron2's default writers need it)
@@ -204,7 +205,7 @@ install_registry() {
   pip_quiet d2-registry install --quiet --no-deps --only-binary=:all: --python-version 3.10 \
     --require-hashes --target "$dir.tmp/wheel" -r "$dir.tmp/requirements.txt" || {
     rm -rf "$dir.tmp"
-    fail "could not download $D2_REGISTRY_SPEC (sha256 $D2_REGISTRY_SHA256): $pip_network_hint;" \
+    fail "could not download $D2_REGISTRY_SPEC with sha256 $D2_REGISTRY_SHA256: $pip_network_hint;" \
       "or install detectron2 yourself and run again with TEXTKD_DETECTRON2=keep"
   }
   [ -f "$dir.tmp/wheel/detectron2/__init__.py" ] || {
@@ -239,9 +240,8 @@ else
   from="installed"
   [ -f "$d2_source_file" ] && from=$(cat "$d2_source_file")
   if [ $d2_status = 4 ] && [ "$D2_MODE" != official ] && [ "$D2_MODE" != registry ]; then
-    fail "detectron2 imports but is broken ($(tail -n 1 "$LOGDIR/d2probe.err")); repair or" \
-      "uninstall it ($py -m pip uninstall detectron2), or run again with" \
-      "TEXTKD_DETECTRON2=registry (or official) to install a working one"
+    fail "detectron2 imports but is broken ($(tail -n 1 "$LOGDIR/d2probe.err")); repair it, or" \
+      "uninstall it ($py -m pip uninstall detectron2) and run this again to install a working one"
   fi
   case "$D2_MODE:$d2_status" in
     keep:0 | auto:0 | official:0 | registry:0)

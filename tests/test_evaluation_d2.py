@@ -65,6 +65,51 @@ def _scores(rng, h, w, gt=None, p_correct=0.0):
     return s
 
 
+def _reference_evaluator(name):
+    """detectron2's own ``SemSegEvaluator``, runnable as the reference under NumPy 2.
+
+    detectron2 releases before its NumPy 2 fix (the registry's 0.7.2 build among them) read label
+    files with ``np.array(Image.open(f), copy=False, dtype=dtype)``, which NumPy 2 refuses
+    ("Unable to avoid copy"). NumPy 1's ``copy=False`` meant "copy only if needed", i.e. exactly
+    ``np.asarray``: where the installed reader fails that way, the evaluator is given that
+    equivalent through its own ``sem_seg_loading_fn`` argument and the rest of its code runs
+    unchanged. A detectron2 whose reader works (current main) is used as it is.
+    """
+    import tempfile
+
+    from detectron2.evaluation import sem_seg_evaluation as d2_sem_seg
+
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = os.path.join(tmp, "probe.png")
+        Image.fromarray(np.zeros((2, 3), np.uint8)).save(probe)
+        try:
+            d2_sem_seg.load_image_into_numpy_array(probe, dtype=int)
+            return SemSegEvaluator(name, distributed=False)
+        except ValueError as e:
+            if "copy" not in str(e):
+                raise
+
+    return SemSegEvaluator(name, distributed=False, sem_seg_loading_fn=_load_as_numpy1_did)
+
+
+def _load_as_numpy1_did(filename, copy=False, dtype=None):
+    """detectron2's label reader with NumPy 1's ``copy=False`` semantics (module level: the
+    evaluator holding it is pickled by a test)."""
+    from detectron2.utils.file_io import PathManager
+
+    with PathManager.open(filename, "rb") as f:
+        image = Image.open(f)
+        return np.array(image, dtype=dtype) if copy else np.asarray(image, dtype=dtype)
+
+
+def test_textkd_evaluator_uses_no_numpy2_breaking_detectron2_helper():
+    """The project's evaluator reads labels itself (no ``load_image_into_numpy_array``)."""
+    import textkd.evaluation.sem_seg_evaluation as ours
+
+    assert "load_image_into_numpy_array" not in vars(ours)
+    assert "copy=False" not in open(ours.__file__).read()
+
+
 def _assert_same(ours, theirs):
     for key, value in theirs.items():
         if key.startswith(("BoundaryIoU", "min(IoU")):
@@ -79,7 +124,7 @@ def test_matches_detectron2_sem_seg_evaluator(tiny):
     name, records, gts = tiny
     rng = np.random.default_rng(1)
     ours = TextKDSemSegEvaluator(name, distributed=False)
-    ref = SemSegEvaluator(name, distributed=False)
+    ref = _reference_evaluator(name)
     ours.reset()
     ref.reset()
     for rec, gt in zip(records, gts):
@@ -137,7 +182,7 @@ def test_multiple_prediction_keys(tiny, tmp_path):
     name, records, gts = tiny
     rng = np.random.default_rng(3)
     ours = TextKDSemSegEvaluator(name, distributed=False, output_dir=str(tmp_path / "out"))
-    refs = {k: SemSegEvaluator(name, distributed=False) for k in ("sem_seg", "zero")}
+    refs = {k: _reference_evaluator(name) for k in ("sem_seg", "zero")}
     ours.reset()
     for r in refs.values():
         r.reset()
@@ -165,7 +210,7 @@ def test_state_does_not_grow_with_images(tiny):
     name, records, gts = tiny
     rng = np.random.default_rng(4)
     ours = TextKDSemSegEvaluator(name, distributed=False)
-    ref = SemSegEvaluator(name, distributed=False)
+    ref = _reference_evaluator(name)
     ours.reset()
     ref.reset()
 
