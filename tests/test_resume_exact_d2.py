@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
+import subprocess
+import time
 from datetime import timedelta
 
 import pytest
@@ -19,6 +22,7 @@ import _d2_helpers as H  # noqa: E402
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
 BASELINE = str(H.SYNTH_CONFIGS / "deeplabv3_r18_baseline.yaml")
+LAD_TEACHER = str(H.SYNTH_CONFIGS / "deeplabv3_r18_lad_teacher.yaml")  # noised label input
 MAX_ITER, PERIOD = 6, 3  # checkpoints after iterations 2 and 5; resume from the first
 MIDDLE = f"model_{PERIOD - 1:07d}.pth"
 
@@ -43,6 +47,7 @@ def _opts(out, workers: int, batch: int = 2, seed: int = 0) -> list[str]:
         max_iter=MAX_ITER,
         checkpoint_period=PERIOD,
         batch=batch,
+        test=None,  # no evaluation at the end: the weights are compared
         extra=["DATALOADER.NUM_WORKERS", workers, "SEED", seed],
     )
 
@@ -65,16 +70,18 @@ def _assert_bit_identical(a: dict, b: dict) -> None:
     assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {differ[:5]}"
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_from_a_middle_checkpoint_is_bit_identical(data_root, tmp_path, workers):
+@pytest.mark.parametrize(
+    "config, workers", [(BASELINE, 0), (BASELINE, 2), (LAD_TEACHER, 0)], ids=["0", "2", "lad"]
+)
+def test_resume_from_a_middle_checkpoint_is_bit_identical(data_root, tmp_path, config, workers):
     full = tmp_path / "full"
-    rec_full = H.run_training(H.load_cfg(BASELINE, _opts(full, workers)))[1]
+    rec_full = H.run_training(H.load_cfg(config, _opts(full, workers)))[1]
     assert rec_full.iters == list(range(MAX_ITER))
 
     resumed = tmp_path / "resumed"
     _resume_dir(full / MIDDLE, resumed)
     rec = H.LossRecorder()
-    trainer = H.build_trainer(H.load_cfg(BASELINE, _opts(resumed, workers)), True, [rec])
+    trainer = H.build_trainer(H.load_cfg(config, _opts(resumed, workers)), True, [rec])
     assert trainer.start_iter == PERIOD
     trainer.train()
     assert rec.iters == list(range(PERIOD, MAX_ITER))
@@ -156,3 +163,52 @@ def test_two_process_gloo_resume_is_bit_identical(data_root, tmp_path):
         )
         assert json.loads(result.read_text())["start_iter"] == (PERIOD if resume else 0)
     _assert_bit_identical(_model(resumed / "model_final.pth"), _model(full / "model_final.pth"))
+
+
+# --------------------------------------------------------------------------- SIGKILL
+
+
+@pytest.mark.slow
+def test_sigkilled_train_net_resumes_to_the_uninterrupted_weights(data_root, tmp_path):
+    """tools/train_net.py with 2 loader workers, killed with SIGKILL after a checkpoint and
+    resumed with --resume, ends bit-identical to an uninterrupted train_net.py run."""
+    env = H.subprocess_env(data_root)
+
+    def opts(out):
+        return H.tiny_opts(
+            out,
+            max_iter=12,
+            checkpoint_period=4,
+            train="textkd_synthetic_train_sem_seg",
+            test=None,
+            extra=["DATALOADER.NUM_WORKERS", 2],
+        )
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    H.run_tool("train_net.py", ["--config-file", BASELINE, *opts(full)], env)
+
+    cmd = [H.PYTHON, str(H.TOOLS / "train_net.py"), "--config-file", BASELINE, *opts(killed)]
+    last = killed / "last_checkpoint"
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=str(H.ROOT), env=env, stdout=log, stderr=log)
+        try:
+            t0 = time.time()
+            while not (last.exists() and last.read_text().strip() == "model_0000003.pth"):
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() - t0 < 300, "no checkpoint within 5 minutes"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "model_final.pth").exists()
+    resumed_from = last.read_text().strip()
+
+    out = H.run_tool("train_net.py", ["--config-file", BASELINE, "--resume", *opts(killed)], env)
+    start = torch.load(killed / resumed_from, weights_only=False)["iteration"] + 1
+    assert f"Starting training from iteration {start}" in out.stdout + out.stderr
+    _assert_bit_identical(_model(killed / "model_final.pth"), _model(full / "model_final.pth"))
