@@ -94,6 +94,28 @@ def test_resume_from_a_middle_checkpoint_is_bit_identical(data_root, tmp_path, c
     assert any(not torch.equal(middle[k], final[k]) for k in final if final[k].is_floating_point())
 
 
+def test_random_seed_is_saved_and_reused_on_resume(data_root, tmp_path):
+    """SEED -1 (a random seed per run): the checkpoint keeps the seed the run drew, and the
+    resumed run continues with it."""
+    from detectron2.utils.env import seed_all_rng
+    from textkd.engine import Trainer
+
+    def train(out, resume):
+        seed_all_rng(None)  # as default_setup does for a negative SEED
+        trainer = Trainer(H.load_cfg(BASELINE, _opts(out, 0, seed=-1)))
+        trainer.resume_or_load(resume=resume)
+        trainer.train()
+        return trainer
+
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    drawn = train(full, False)._order_seed
+    saved = torch.load(full / MIDDLE, weights_only=False)["trainer"]["data_order"]["seed"]
+    assert saved == drawn >= 0
+    _resume_dir(full / MIDDLE, resumed)
+    assert train(resumed, True)._order_seed == drawn
+    _assert_bit_identical(_model(resumed / "model_final.pth"), _model(full / "model_final.pth"))
+
+
 def test_another_seed_gives_other_weights(data_root, tmp_path):
     """The comparison above can fail: data order, augmentation and dropout follow the seed."""
     a, b = tmp_path / "a", tmp_path / "b"

@@ -235,7 +235,9 @@ def _find_unused(cfg) -> bool:
 
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with TextKD's mapper, evaluators, poly LR, DDP settings and
-    checkpointer; everything else is detectron2's."""
+    checkpointer, and an exact resume: the data order, augmentation and each step's random
+    draws are functions of (seed, iteration, rank, sample) (:mod:`textkd.data.sampling`), the
+    seed is saved in checkpoints (``trainer.data_order``); everything else is detectron2's."""
 
     def __init__(self, cfg: CfgNode):
         TrainerBase.__init__(self)
