@@ -4,10 +4,12 @@ for the train, val and test splits. Idempotent: finished files are skipped. Ends
 report.
 
     python datasets/prepare_camvid.py [--root $DETECTRON2_DATASETS] [--workers N]
+        [--splits SPLIT ...]
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,13 +23,16 @@ SPLITS = (
 )
 
 
-def prepare_camvid(root: str, workers: int | None = None) -> list[SplitReport]:
-    """Write the prepared label maps of every split under ``root``; one report per split."""
-    return prepare_splits(camvid_conversions, convert_camvid_label, SPLITS, root, workers)
+def prepare_camvid(
+    root: str, workers: int | None = None, splits: Sequence[str] = SPLITS
+) -> list[SplitReport]:
+    """Prepare every split of ``splits`` that is present under ``root``; one report per split
+    (a missing split's report says what to download)."""
+    return prepare_splits("camvid", camvid_conversions, convert_camvid_label, splits, root, workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return prepare_main(__doc__, prepare_camvid, argv)
+    return prepare_main(__doc__, prepare_camvid, SPLITS, os.path.basename(__file__), argv)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ cityscapesscripts (what its ``createTrainIdLabelImgs`` produces). Idempotent: fi
 skipped. Ends with an integrity report.
 
     python datasets/prepare_cityscapes.py [--root $DETECTRON2_DATASETS] [--workers N]
+        [--splits SPLIT ...]
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,13 +20,18 @@ from textkd.data.datasets.common import SplitReport, prepare_main, prepare_split
 SPLITS = ("train", "val")  # test labels are placeholders without annotations
 
 
-def prepare_cityscapes(root: str, workers: int | None = None) -> list[SplitReport]:
-    """Convert labelIds -> labelTrainIds for the train and val splits under ``root``."""
-    return prepare_splits(cityscapes_conversions, convert_cityscapes_label, SPLITS, root, workers)
+def prepare_cityscapes(
+    root: str, workers: int | None = None, splits: Sequence[str] = SPLITS
+) -> list[SplitReport]:
+    """Prepare every split of ``splits`` that is present under ``root``; one report per split
+    (a missing split's report says what to download)."""
+    return prepare_splits(
+        "cityscapes", cityscapes_conversions, convert_cityscapes_label, splits, root, workers
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return prepare_main(__doc__, prepare_cityscapes, argv)
+    return prepare_main(__doc__, prepare_cityscapes, SPLITS, os.path.basename(__file__), argv)
 
 
 if __name__ == "__main__":

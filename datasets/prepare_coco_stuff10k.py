@@ -5,10 +5,12 @@
 integrity report.
 
     python datasets/prepare_coco_stuff10k.py [--root $DETECTRON2_DATASETS] [--workers N]
+        [--splits SPLIT ...]
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,15 +23,23 @@ SPLITS = (
 )
 
 
-def prepare_coco_stuff10k(root: str, workers: int | None = None) -> list[SplitReport]:
-    """Write the prepared label maps of every split under ``root``; one report per split."""
+def prepare_coco_stuff10k(
+    root: str, workers: int | None = None, splits: Sequence[str] = SPLITS
+) -> list[SplitReport]:
+    """Prepare every split of ``splits`` that is present under ``root``; one report per split
+    (a missing split's report says what to download)."""
     return prepare_splits(
-        cocostuff10k_conversions, convert_cocostuff10k_label, SPLITS, root, workers
+        "coco_stuff_10k",
+        cocostuff10k_conversions,
+        convert_cocostuff10k_label,
+        splits,
+        root,
+        workers,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return prepare_main(__doc__, prepare_coco_stuff10k, argv)
+    return prepare_main(__doc__, prepare_coco_stuff10k, SPLITS, os.path.basename(__file__), argv)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ protocol reads the raw `stuffthingmaps` and needs no preparation. Idempotent: fi
 skipped. Ends with an integrity report.
 
     python datasets/prepare_coco_stuff164k.py [--root $DETECTRON2_DATASETS] [--workers N]
+        [--splits SPLIT ...]
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,15 +26,23 @@ SPLITS = (
 )
 
 
-def prepare_coco_stuff164k(root: str, workers: int | None = None) -> list[SplitReport]:
-    """Write the prepared label maps of every split under ``root``; one report per split."""
+def prepare_coco_stuff164k(
+    root: str, workers: int | None = None, splits: Sequence[str] = SPLITS
+) -> list[SplitReport]:
+    """Prepare every split of ``splits`` that is present under ``root``; one report per split
+    (a missing split's report says what to download)."""
     return prepare_splits(
-        coco_stuff_164k_conversions, convert_coco_stuff_164k_label, SPLITS, root, workers
+        "coco_stuff_164k",
+        coco_stuff_164k_conversions,
+        convert_coco_stuff_164k_label,
+        splits,
+        root,
+        workers,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return prepare_main(__doc__, prepare_coco_stuff164k, argv)
+    return prepare_main(__doc__, prepare_coco_stuff164k, SPLITS, os.path.basename(__file__), argv)
 
 
 if __name__ == "__main__":

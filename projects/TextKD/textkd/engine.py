@@ -14,9 +14,11 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import (
     MetadataCatalog,
+    build_batch_data_loader,
     build_detection_test_loader,
-    build_detection_train_loader,
+    get_detection_dataset_dicts,
 )
+from detectron2.data.common import DatasetFromList
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -33,6 +35,7 @@ from detectron2.utils.logger import setup_logger
 from . import d2  # noqa: F401  (registers meta-architectures, heads, backbones, datasets)
 from .config import add_textkd_config
 from .data.mapper import TextKDSemSegDatasetMapper
+from .data.sampling import KeyedMapDataset, ResumableTrainingSampler, seed_step_rngs
 from .evaluation.cityscapes_evaluation import TextKDCityscapesSemSegEvaluator
 from .evaluation.sem_seg_evaluation import TextKDSemSegEvaluator
 from .modeling.build import check_num_classes, resolve_norm
@@ -164,6 +167,61 @@ class TextKDCheckpointer(DetectionCheckpointer):
         return incompatible
 
 
+DATA_ORDER_VERSION = 1
+
+
+def data_order_seed(cfg) -> int:
+    """The seed of the data order, augmentation and per-step RNGs: ``cfg.SEED`` when >= 0, else
+    one random seed shared by all ranks (saved in every checkpoint, so a resumed run goes on with
+    it)."""
+    if cfg.SEED >= 0:
+        return int(cfg.SEED)
+    return int(comm.shared_random_seed())
+
+
+def build_resumable_train_loader(cfg, mapper, seed: int | None = None):
+    """The training loader of ``cfg.DATASETS.TRAIN``: a :class:`ResumableTrainingSampler`
+    (sample order and augmentation a function of ``(seed, sample position)``, see
+    :mod:`textkd.data.sampling`) over ``mapper``, batched per rank without aspect-ratio grouping
+    (which would carry images over a checkpoint). ``loader.dataset.sampler`` is the sampler;
+    ``Trainer.resume_or_load`` moves it to the resumed iteration before the first batch."""
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        raise ValueError(
+            f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported: TextKD "
+            f"trains with its resumable 'TrainingSampler' (set DATALOADER.SAMPLER_TRAIN "
+            f"TrainingSampler)"
+        )
+    records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+    sampler = ResumableTrainingSampler(
+        len(records),
+        cfg.SOLVER.IMS_PER_BATCH,
+        data_order_seed(cfg) if seed is None else seed,
+        rank=comm.get_rank(),
+        world_size=comm.get_world_size(),
+    )
+    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+        logger.info(
+            "training batches are not grouped by aspect ratio "
+            "(DATALOADER.ASPECT_RATIO_GROUPING ignored: it would make resume inexact)"
+        )
+    dataset = KeyedMapDataset(DatasetFromList(records, copy=False), mapper)
+    return build_batch_data_loader(
+        dataset,
+        sampler,
+        cfg.SOLVER.IMS_PER_BATCH,
+        aspect_ratio_grouping=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        # the loader's own generator: creating its iterator draws no number from torch's global
+        # RNG, which would shift the first resumed step's dropout draws
+        seed=sampler.seed,
+    )
+
+
+def _train_sampler(data_loader) -> ResumableTrainingSampler | None:
+    sampler = getattr(getattr(data_loader, "dataset", None), "sampler", None)
+    return sampler if isinstance(sampler, ResumableTrainingSampler) else None
+
+
 def _find_unused(cfg) -> bool:
     v = cfg.MODEL.DDP_FIND_UNUSED_PARAMETERS
     if isinstance(v, bool):
@@ -177,7 +235,9 @@ def _find_unused(cfg) -> bool:
 
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with TextKD's mapper, evaluators, poly LR, DDP settings and
-    checkpointer; everything else is detectron2's."""
+    checkpointer, and an exact resume: the data order, augmentation and each step's random
+    draws are functions of (seed, iteration, rank, sample) (:mod:`textkd.data.sampling`), the
+    seed is saved in checkpoints (``trainer.data_order``); everything else is detectron2's."""
 
     def __init__(self, cfg: CfgNode):
         TrainerBase.__init__(self)
@@ -201,6 +261,9 @@ class Trainer(DefaultTrainer):
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
         )
+        self._sampler = _train_sampler(data_loader)
+        self._order_seed = self._sampler.seed if self._sampler else data_order_seed(cfg)
+        self._order_restored: dict | None = None
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = TextKDCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -216,16 +279,80 @@ class Trainer(DefaultTrainer):
         iteration: the next step of the *saved* run's schedule, which is wrong (0 for a finished
         poly schedule) when a run is resumed with a larger MAX_ITER. For an unchanged MAX_ITER
         the value is the same."""
+        self._order_restored = None
         super().resume_or_load(resume=resume)
-        if (
-            resume
-            and self.checkpointer.has_checkpoint()
-            and isinstance(self.scheduler, LRMultiplier)
-        ):
+        resumed = resume and self.checkpointer.has_checkpoint()
+        if resumed and isinstance(self.scheduler, LRMultiplier):
             lrs = self.scheduler.get_lr()
             for group, lr in zip(self.optimizer.param_groups, lrs):
                 group["lr"] = lr
             self.scheduler._last_lr = list(lrs)
+        if resumed:
+            self._restore_data_order()
+        if self._sampler is not None:
+            self._sampler.set_start(self.start_iter, self._order_seed)
+
+    def _restore_data_order(self) -> None:
+        """Continue the data order, augmentation and step RNGs of the checkpoint just loaded."""
+        path = self.checkpointer.get_checkpoint_file()
+        saved = self._order_restored
+        log = logging.getLogger("textkd")
+        if saved is None:
+            log.warning(
+                "checkpoint %s has no data-order state (written by an earlier TextKD): weights, "
+                "optimizer and schedule are restored, but the data order and augmentation draws "
+                "restart with this version's seeded order at iteration %d instead of continuing "
+                "the interrupted run's, so the result will differ from an uninterrupted run",
+                path,
+                self.start_iter,
+            )
+            return
+        if self.cfg.SEED < 0:
+            self._order_seed = int(saved["seed"])
+        elif int(saved["seed"]) != self._order_seed:
+            log.warning(
+                "checkpoint %s was trained with SEED %d but this run has SEED %d: the data order "
+                "from iteration %d differs from the interrupted run's",
+                path,
+                saved["seed"],
+                self._order_seed,
+                self.start_iter,
+            )
+        if self._sampler is not None:
+            for key, now in (
+                ("ims_per_batch", self._sampler.total_batch_size),
+                ("dataset_size", self._sampler.size),
+            ):
+                if key in saved and int(saved[key]) != now:
+                    log.warning(
+                        "checkpoint %s was trained with %s %d, this run has %d: the data order "
+                        "from iteration %d differs from the interrupted run's",
+                        path,
+                        key,
+                        saved[key],
+                        now,
+                        self.start_iter,
+                    )
+
+    def run_step(self) -> None:
+        # dropout, LAD's noised labels, CIRKD's sampling...: draws of step i are a function of
+        # (seed, i, rank), whether or not the run was resumed before it
+        seed_step_rngs(self._order_seed, self.iter, comm.get_rank())
+        super().run_step()
+
+    def state_dict(self) -> dict:
+        ret = super().state_dict()
+        ret["data_order"] = {
+            "version": DATA_ORDER_VERSION,
+            "seed": self._order_seed,
+            "ims_per_batch": self.cfg.SOLVER.IMS_PER_BATCH,
+            "dataset_size": self._sampler.size if self._sampler is not None else -1,
+        }
+        return ret
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._order_restored = state_dict.get("data_order")
 
     @classmethod
     def build_model(cls, cfg):
@@ -237,7 +364,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=TextKDSemSegDatasetMapper(cfg, True))
+        return build_resumable_train_loader(cfg, TextKDSemSegDatasetMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

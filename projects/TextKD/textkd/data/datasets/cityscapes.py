@@ -35,6 +35,7 @@ from .common import (
     orphan_label_error,
     prepare_command,
     require_dir,
+    require_dirs,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,12 +72,20 @@ def convert_cityscapes_label(src: str, dst: str) -> list[int]:
     )
 
 
-def _hint(root: str) -> str:
+_ARCHIVES = {"images": "leftImg8bit_trainvaltest.zip", "labels": "gtFine_trainvaltest.zip"}
+
+
+def _download_hint(root: str, kind: str | None = None) -> str:
+    """What to download for missing Cityscapes ``kind`` ("images" / "labels"; None: both)."""
+    names = " and ".join(_ARCHIVES[k] for k in ([kind] if kind else _ARCHIVES))
     return (
-        f"Download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
-        f"https://www.cityscapes-dataset.com, unzip them into {os.path.join(root, 'cityscapes')} "
-        f"and run `{prepare_command(SCRIPT, root)}`"
+        f"Download {names} from https://www.cityscapes-dataset.com and unzip into "
+        f"{os.path.join(root, 'cityscapes')}"
     )
+
+
+def _hint(root: str) -> str:
+    return f"{_download_hint(root)}, then run `{prepare_command(SCRIPT, root)}`"
 
 
 def cityscapes_conversions(root: str | None, split: str) -> tuple[list[Conversion], SplitReport]:
@@ -85,8 +94,10 @@ def cityscapes_conversions(root: str | None, split: str) -> tuple[list[Conversio
     check_split("Cityscapes", split, CITYSCAPES_SPLITS)
     root = datasets_root(root)
     image_dir, gt_dir = cityscapes_dirs(root, split)
-    require_dir(image_dir, f"Cityscapes {split} images", _hint(root))
-    require_dir(gt_dir, f"Cityscapes {split} labels", _hint(root))
+    require_dirs(
+        (image_dir, f"Cityscapes {split} images", _download_hint(root, "images")),
+        (gt_dir, f"Cityscapes {split} labels", _download_hint(root, "labels")),
+    )
     report = SplitReport("cityscapes", split, expected=CITYSCAPES_SPLITS[split])
     jobs = []
     for city in sorted(os.listdir(image_dir)):

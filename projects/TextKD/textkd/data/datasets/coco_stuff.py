@@ -49,6 +49,7 @@ from .common import (
     prepare_command,
     read_split_list,
     require_dir,
+    require_dirs,
     require_prepared_dir,
     stem_conversions,
     stem_records,
@@ -94,12 +95,21 @@ def _folder_164k(split: str) -> str:
     return COCO_STUFF_164K_SPLITS[split][0]
 
 
-def _hint_164k(root: str) -> str:
-    return (
-        f"Unzip COCO's train2017.zip / val2017.zip into {coco_dir(root)} and "
-        f"stuffthingmaps_trainval2017.zip into {os.path.join(coco_dir(root), RAW_164K_DIR)}, then "
-        f"run `{prepare_command(SCRIPT_164K, root)}`"
+def _download_hint_164k(root: str, folder: str | None = None, kind: str | None = None) -> str:
+    """What to download for a missing COCO-Stuff-164K ``folder`` (train2017 / val2017; None:
+    both) of ``kind`` ("images" / "labels"; None: both)."""
+    zips = f"{folder}.zip" if folder else "train2017.zip / val2017.zip"
+    images = f"COCO 2017's {zips} into {coco_dir(root)}"
+    labels = (
+        f"stuffthingmaps_trainval2017.zip (the labels of both splits) into "
+        f"{os.path.join(coco_dir(root), RAW_164K_DIR)}"
     )
+    parts = {"images": [images], "labels": [labels], None: [images, labels]}[kind]
+    return "Download and unzip " + " and ".join(parts)
+
+
+def _hint_164k(root: str) -> str:
+    return f"{_download_hint_164k(root)}, then run `{prepare_command(SCRIPT_164K, root)}`"
 
 
 def convert_coco_stuff_164k_label(src: str, dst: str) -> list[int]:
@@ -118,9 +128,11 @@ def coco_stuff_164k_conversions(
     folder = _folder_164k(split)
     root = datasets_root(root)
     base = coco_dir(root)
-    image_dir = require_dir(os.path.join(base, folder), f"COCO {folder} images", _hint_164k(root))
-    raw_dir = require_dir(
-        os.path.join(base, RAW_164K_DIR, folder), f"COCO-Stuff {folder} labels", _hint_164k(root)
+    image_dir = os.path.join(base, folder)
+    raw_dir = os.path.join(base, RAW_164K_DIR, folder)
+    require_dirs(
+        (image_dir, f"COCO {folder} images", _download_hint_164k(root, folder, "images")),
+        (raw_dir, f"COCO-Stuff {folder} labels", _download_hint_164k(root, folder, "labels")),
     )
     report = SplitReport("coco_stuff_164k", split, expected=COCO_STUFF_164K_SPLITS[split][1])
     out_dir = os.path.join(base, PREPARED_164K_DIR, folder)
@@ -166,11 +178,16 @@ def _check_10k(split: str) -> None:
     check_split("COCO-Stuff-10K", split, COCO_STUFF_10K_SPLITS)
 
 
-def _hint_10k(root: str) -> str:
+def _download_hint_10k(root: str) -> str:
+    """What to download for a missing COCO-Stuff-10K split (both splits are in one archive)."""
     return (
-        f"Unzip cocostuff-10k-v1.1.zip into {cocostuff10k_dir(root)} (images/, annotations/, "
-        f"imageLists/) and run `{prepare_command(SCRIPT_10K, root)}`"
+        f"Download cocostuff-10k-v1.1.zip and unzip it into {cocostuff10k_dir(root)} (images/, "
+        f"annotations/, imageLists/)"
     )
+
+
+def _hint_10k(root: str) -> str:
+    return f"{_download_hint_10k(root)}, then run `{prepare_command(SCRIPT_10K, root)}`"
 
 
 def read_cocostuff10k_mat(path: str) -> np.ndarray:
@@ -220,9 +237,9 @@ def convert_cocostuff10k_label(src: str, dst: str) -> list[int]:
     return unexpected_values(s, range(183))
 
 
-def _10k_ids(root: str, split: str) -> tuple[str, list[str]]:
+def _10k_ids(root: str, split: str, hint: str | None = None) -> tuple[str, list[str]]:
     list_path = os.path.join(cocostuff10k_dir(root), "imageLists", f"{split}.txt")
-    return list_path, read_split_list(list_path, _hint_10k(root))
+    return list_path, read_split_list(list_path, _hint_10k(root) if hint is None else hint)
 
 
 def cocostuff10k_conversions(root: str | None, split: str) -> tuple[list[Conversion], SplitReport]:
@@ -230,12 +247,14 @@ def cocostuff10k_conversions(root: str | None, split: str) -> tuple[list[Convers
     ``imageLists/{split}.txt``, and a report with image count and missing files."""
     _check_10k(split)
     root = datasets_root(root)
-    base = require_dir(cocostuff10k_dir(root), "COCO-Stuff-10K", _hint_10k(root))
-    image_dir = require_dir(os.path.join(base, "images"), "COCO-Stuff-10K images", _hint_10k(root))
-    raw_dir = require_dir(
-        os.path.join(base, "annotations"), "COCO-Stuff-10K labels", _hint_10k(root)
+    hint = _download_hint_10k(root)
+    base = require_dir(cocostuff10k_dir(root), "COCO-Stuff-10K", hint)
+    image_dir = os.path.join(base, "images")
+    raw_dir = os.path.join(base, "annotations")
+    require_dirs(
+        (image_dir, "COCO-Stuff-10K images", hint), (raw_dir, "COCO-Stuff-10K labels", hint)
     )
-    _, ids = _10k_ids(root, split)
+    _, ids = _10k_ids(root, split, hint)
     report = SplitReport("coco_stuff_10k", split, expected=COCO_STUFF_10K_SPLITS[split])
     images = set(list_files(image_dir, ".jpg"))
     mats = set(list_files(raw_dir, ".mat"))

@@ -56,6 +56,17 @@ def require_file(path: str, what: str, hint: str = "") -> str:
     return path
 
 
+def require_dirs(*checks: tuple[str, str, str]) -> None:
+    """Like :func:`require_dir` for several ``(path, what, hint)`` at once: one
+    FileNotFoundError naming every missing directory, then each distinct hint once."""
+    missing = [(p, what, hint) for p, what, hint in checks if not os.path.isdir(p)]
+    if not missing:
+        return
+    lines = [f"{what}: expected directory {p} does not exist" for p, what, _ in missing]
+    hints = list(dict.fromkeys(h for _, _, h in missing if h))
+    raise FileNotFoundError("; ".join(lines) + "".join(f". {h}" for h in hints))
+
+
 def read_split_list(path: str, hint: str = "") -> list[str]:
     """Read an official split list: one entry per line (the first whitespace-separated token),
     blank lines and ``#`` comments skipped, order kept, duplicates removed."""
@@ -206,15 +217,20 @@ class SplitReport:
     missing: list[str] = field(default_factory=list)  # images without a label source, or reverse
     bad_values: dict[str, list[int]] = field(default_factory=dict)  # file -> unexpected values
     failed: dict[str, str] = field(default_factory=dict)  # file -> error
+    absent: str = ""  # why the split could not be prepared at all (what to download)
 
     @property
     def ok(self) -> bool:
         """True when the split is complete and clean."""
+        if self.absent:
+            return False
         complete = self.expected is None or self.images == self.expected
         return complete and not self.missing and not self.bad_values and not self.failed
 
     def format(self) -> str:
         """A few human-readable lines: counts, then what is missing or wrong (first 10 each)."""
+        if self.absent:
+            return f"{self.dataset} {self.split}: not found -> MISSING\n  {self.absent}"
         exp = "?" if self.expected is None else str(self.expected)
         lines = [
             f"{self.dataset} {self.split}: {self.images}/{exp} images, labels written "
@@ -420,10 +436,12 @@ def stem_records(
 
 
 def parse_prepare_args(
-    description: str | None, argv: Sequence[str] | None = None
-) -> tuple[str, int]:
+    description: str | None, argv: Sequence[str] | None = None, splits: Sequence[str] = ()
+) -> tuple[str, int, list[str]]:
     """Parse the command line shared by every ``datasets/prepare_*.py``:
-    ``[--root R] [--workers N]``; returns ``(root, workers)`` and sets up INFO logging."""
+    ``[--root R] [--workers N] [--splits S ...]`` (``S`` one of ``splits``, default all of them);
+    returns ``(root, workers, selected splits in the order of splits)`` and sets up INFO
+    logging."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
@@ -433,9 +451,21 @@ def parse_prepare_args(
     parser.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: all cores)"
     )
+    if splits:
+        parser.add_argument(
+            "--splits",
+            nargs="+",
+            choices=list(splits),
+            default=None,
+            metavar="SPLIT",
+            help=f"prepare and check only these splits, from {list(splits)} (default: all); "
+            "the exit status is 0 when they are complete",
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return datasets_root(args.root), args.workers or os.cpu_count() or 1
+    chosen = set(getattr(args, "splits", None) or splits)
+    selected = [s for s in splits if s in chosen]
+    return datasets_root(args.root), args.workers or os.cpu_count() or 1, selected
 
 
 def format_reports(reports: Sequence[SplitReport]) -> str:
@@ -448,36 +478,75 @@ def exit_status(reports: Sequence[SplitReport]) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+def prepare_split(dataset: str, split: str, fn: Callable[[], SplitReport]) -> SplitReport:
+    """``fn()``, the report of one split; a split whose folders or lists are absent
+    (FileNotFoundError, whose message says what to download) gives a report marked MISSING
+    instead, so the other splits are still prepared."""
+    try:
+        return fn()
+    except FileNotFoundError as e:
+        logger.warning("%s %s: not found: %s", dataset, split, e)
+        return SplitReport(dataset, split, absent=str(e))
+
+
 def prepare_splits(
+    dataset: str,
     conversions_fn: Callable[[str, str], tuple[Sequence[Conversion], SplitReport]],
     convert_fn: Callable[[str, str], list[int]],
     splits: Sequence[str],
     root: str,
     workers: int | None = None,
 ) -> list[SplitReport]:
-    """Prepare every split in ``splits`` in order: ``jobs, report = conversions_fn(root, split)``,
-    then :func:`convert_many` runs ``convert_fn`` on the jobs; one report per split."""
-    reports = []
-    for split in splits:
+    """Prepare every split in ``splits`` that is present, in order: ``jobs, report =
+    conversions_fn(root, split)``, then :func:`convert_many` runs ``convert_fn`` on the jobs; one
+    report per split (see :func:`prepare_split` for absent splits)."""
+
+    def one(split: str) -> SplitReport:
         jobs, report = conversions_fn(root, split)
-        reports.append(convert_many(convert_fn, jobs, report, workers))
-    return reports
+        return convert_many(convert_fn, jobs, report, workers)
+
+    return [prepare_split(dataset, s, lambda s=s: one(s)) for s in splits]
+
+
+def summary(reports: Sequence[SplitReport], script: str, root: str) -> str:
+    """The last lines of a prepare run: which requested splits are complete, which are missing
+    or incomplete, and (when some are complete and others not) the command that accepts the
+    complete ones alone."""
+    ok = [r.split for r in reports if r.ok]
+    if len(ok) == len(reports):
+        return f"complete: {', '.join(ok)}"
+    lines = []
+    absent = [r.split for r in reports if r.absent]
+    bad = [r.split for r in reports if not r.ok and not r.absent]
+    if absent:
+        lines.append(f"not found: {', '.join(absent)} (download what is named above)")
+    if bad:
+        lines.append(f"incomplete or with problems: {', '.join(bad)} (see above)")
+    if ok:
+        lines.append(
+            f"complete: {', '.join(ok)}; to accept these splits alone, run "
+            f"`{prepare_command(script, root)} --splits {' '.join(ok)}`"
+        )
+    return "\n".join(lines)
 
 
 def prepare_main(
     doc: str | None,
-    prepare_fn: Callable[[str, int | None], Sequence[SplitReport]],
+    prepare_fn: Callable[[str, int | None, Sequence[str]], Sequence[SplitReport]],
+    splits: Sequence[str],
+    script: str,
     argv: Sequence[str] | None = None,
 ) -> int:
-    """The ``main()`` of a ``datasets/prepare_*.py`` script (``doc`` is its help text): parse
-    ``[--root R] [--workers N]``, run ``prepare_fn(root, workers)`` and write the integrity report
-    to stdout. Returns the exit status: 2 (after ``error: ...`` on stderr) when the dataset is
-    absent or malformed (FileNotFoundError / KeyError / ValueError), else :func:`exit_status`."""
-    root, workers = parse_prepare_args(doc, argv)
+    """The ``main()`` of ``datasets/<script>`` (``doc`` is its help text): parse ``[--root R]
+    [--workers N] [--splits S ...]``, run ``prepare_fn(root, workers, selected splits)`` and
+    write the integrity report and :func:`summary` to stdout. Returns the exit status: 0 when
+    every requested split is complete and clean, else 1; 2 (after ``error: ...`` on stderr)
+    when the dataset is malformed (KeyError / ValueError) or the command line is wrong."""
+    root, workers, selected = parse_prepare_args(doc, argv, splits)
     try:
-        reports = prepare_fn(root, workers)
+        reports = prepare_fn(root, workers, selected)
     except (FileNotFoundError, KeyError, ValueError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
-    sys.stdout.write(format_reports(reports) + "\n")
+    sys.stdout.write(format_reports(reports) + "\n" + summary(reports, script, root) + "\n")
     return exit_status(reports)

@@ -111,12 +111,26 @@ def convert_voc_label(src: str, dst: str) -> list[int]:
     return bad
 
 
-def _hint(root: str) -> str:
+def download_hint(root: str, sbd: bool = True) -> str:
+    """What to download for Pascal VOC (``sbd``: and for SBD, which only train_aug needs)."""
+    voc = f"VOCtrainval_11-May-2012.tar into {root} (giving VOCdevkit/VOC2012)"
+    if not sbd:
+        return f"Download and unpack {voc}"
     return (
-        f"Unpack VOCtrainval_11-May-2012.tar into {root} (giving VOCdevkit/VOC2012) and SBD's "
-        f"benchmark.tgz into {root} (giving benchmark_RELEASE), then run "
-        f"`{prepare_command(SCRIPT, root)}`"
+        f"Download and unpack {voc} and SBD's benchmark.tgz into {root} (giving benchmark_RELEASE)"
     )
+
+
+def sbd_download_hint(root: str) -> str:
+    """What to download for SBD (train_aug only)."""
+    return (
+        f"Download and unpack SBD's benchmark.tgz into {root} (giving benchmark_RELEASE; only "
+        f"train_aug needs it)"
+    )
+
+
+def _hint(root: str) -> str:
+    return f"{download_hint(root)}, then run `{prepare_command(SCRIPT, root)}`"
 
 
 def load_voc(root: str | None, split: str) -> list[dict]:
