@@ -43,5 +43,5 @@ setup(
         "packaging",
         "black",
     ],
-    extras_require={"dev": ["pytest", "black", "ruff"]},
+    extras_require={"dev": ["pytest", "black", "ruff", "onnx", "onnxruntime"]},
 )

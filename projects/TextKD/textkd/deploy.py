@@ -101,7 +101,9 @@ class DeployableSegmentor(nn.Module):
         for idx in by_size.values():
             for s in range(0, len(idx), batch_size):
                 part = idx[s : s + batch_size]
-                x = torch.stack([torch.from_numpy(np.ascontiguousarray(images[i])) for i in part])
+                x = torch.stack(
+                    [torch.from_numpy(np.array(images[i], dtype=np.uint8)) for i in part]
+                )
                 x = x.permute(0, 3, 1, 2).to(device)
                 y = self(x)
                 labels = y if self.argmax else y.argmax(dim=1)

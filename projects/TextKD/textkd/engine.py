@@ -38,6 +38,7 @@ from .evaluation.sem_seg_evaluation import TextKDSemSegEvaluator
 from .modeling.build import check_num_classes, resolve_norm
 from .modeling.weights import _first_conv_hint, first_conv_keys
 from .solver import build_lr_scheduler
+from .vis_hook import add_val_image_hook
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,9 @@ class Trainer(DefaultTrainer):
             for group, lr in zip(self.optimizer.param_groups, lrs):
                 group["lr"] = lr
             self.scheduler._last_lr = list(lrs)
+
+    def build_hooks(self):
+        return add_val_image_hook(self.cfg, super().build_hooks())
 
     @classmethod
     def build_model(cls, cfg):
