@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 sys.path.insert(
@@ -30,6 +31,7 @@ sys.path.insert(
 import numpy as np  # noqa: E402
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)+$")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
@@ -243,6 +245,14 @@ def main(argv=None) -> int:
     ap.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = ap.parse_args(argv)
+    # ``--input a.png dir/ MODEL.X 1``: the inputs end at the first config key (not a path)
+    for i, tok in enumerate(args.input):
+        if CONFIG_KEY.match(tok) and not os.path.exists(tok):
+            args.opts = args.input[i:] + list(args.opts)
+            args.input = args.input[:i]
+            break
+    if not args.input:
+        ap.error("--input needs at least one image file, folder or video")
     if args.format == "label" and args.compare:
         ap.error("--compare writes pictures: use it with --format overlay")
     if args.labels and not os.path.isdir(args.labels):

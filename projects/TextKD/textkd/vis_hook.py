@@ -72,17 +72,29 @@ class ValImageHook(HookBase):
         inputs = self.inputs
         was_training = model.training
         model.eval()
+        cuda = [model.device] if model.device.type == "cuda" else []
         try:
-            preds = [o["sem_seg"].argmax(0).cpu().numpy() for o in model(inputs)]
-            teacher = None
-            if getattr(model, "teacher", None) is not None:
-                lad = getattr(model, "teacher_lad", None) is not None
-                images, targets = model.preprocess(inputs, need_targets=lad)
-                t_out = model.teacher_forward(inputs, targets)
-                runs = model.postprocess({"sem_seg": t_out.logits}, inputs, images)
-                teacher = [r["sem_seg"].argmax(0).cpu().numpy() for r in runs]
+            # the global RNG (e.g. a LAD teacher's label-code noise) stays as training left it
+            with torch.random.fork_rng(devices=cuda):
+                preds, teacher = self._predict(model, inputs)
         finally:
             model.train(was_training)
+        return self._draw(model, inputs, preds, teacher)
+
+    @staticmethod
+    def _predict(model, inputs) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Label maps of the model (a distillation model's student) and of its teacher."""
+        preds = [o["sem_seg"].argmax(0).cpu().numpy() for o in model(inputs)]
+        teacher = None
+        if getattr(model, "teacher", None) is not None:
+            lad = getattr(model, "teacher_lad", None) is not None
+            images, targets = model.preprocess(inputs, need_targets=lad)
+            t_out = model.teacher_forward(inputs, targets)
+            runs = model.postprocess({"sem_seg": t_out.logits}, inputs, images)
+            teacher = [r["sem_seg"].argmax(0).cpu().numpy() for r in runs]
+        return preds, teacher
+
+    def _draw(self, model, inputs, preds, teacher) -> list[tuple[str, np.ndarray]]:
         names, colors = self._names_colors(model.num_classes)
         out = []
         for i, inp in enumerate(inputs):
