@@ -189,7 +189,7 @@ def test_video_in_video_out_and_unreadable_video(student, tmp_path):
     assert sorted(os.listdir(tmp_path / "out" / "clip")) == [f"frame_{i:06d}.png" for i in range(3)]
 
 
-def test_bad_input_names_the_file(student, data_root, tmp_path, capsys):
+def test_bad_input_names_the_file(student, teacher, data_root, tmp_path, capsys):
     cfg_file, weights, opts = student
     base = ["--config-file", cfg_file, "--weights", weights, "--output", str(tmp_path / "o")]
     with pytest.raises(FileNotFoundError, match="nowhere.png"):
@@ -199,6 +199,13 @@ def test_bad_input_names_the_file(student, data_root, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "OpenCV cannot read video" in err and "bad.mp4" in err
     (p,) = _images(tmp_path / "in", sizes=((32, 32),))
+    # a ground-truth label of another size than its image
+    os.makedirs(tmp_path / "gt")
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "gt" / "img0.png")
+    argv = base + ["--input", p, "--compare", *teacher, "--labels", str(tmp_path / "gt")]
+    assert predict.main(argv + opts) == 1
+    err = capsys.readouterr().err
+    assert "gt/img0.png is 12x10 but image" in err and "in/img0.png is 32x32" in err
     # weights of another config (head width 32 vs the config's 128)
     with pytest.raises(ValueError, match="model_final.pth"):
         predict.main(

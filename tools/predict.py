@@ -123,19 +123,25 @@ class Predictor:
                 raise ValueError("more than 255 classes do not fit an 8-bit label PNG")
             return student.astype(np.uint8)
         if teacher is not None:
-            if gt is not None and gt.shape != student.shape:
-                gt = None
             return comparison(image, teacher, student, self.names, self.colors, gt, self.args.alpha)
         over = overlay(image, student, self.colors, self.args.alpha)
         return with_legend(over, [student], self.names, self.colors)
 
-    def ground_truth(self, stem: str, path: str) -> np.ndarray | None:
+    def ground_truth(self, stem: str, path: str, shape) -> np.ndarray | None:
+        """The label PNG of an image in ``--labels`` (same name), or None when there is none;
+        a label of another size than the image is an error naming both."""
         if not self.args.labels:
             return None
         for cand in (stem, os.path.splitext(os.path.basename(path))[0]):
             f = os.path.join(self.args.labels, cand + ".png")
             if os.path.isfile(f):
-                return read_label(f)
+                gt = read_label(f)
+                if gt.shape != tuple(shape):
+                    raise ValueError(
+                        f"label {f} is {gt.shape[1]}x{gt.shape[0]} but image {path} is "
+                        f"{shape[1]}x{shape[0]}: not its ground truth"
+                    )
+                return gt
         return None
 
 
@@ -165,7 +171,7 @@ def run_images(pred: Predictor, images, out_dir: str, failures: list[str]) -> in
         st, te = pred.labels([c[0] for c in chunk])
         for i, (img, path, stem) in enumerate(chunk):
             try:
-                gt = pred.ground_truth(stem, path) if te is not None else None
+                gt = pred.ground_truth(stem, path, img.shape[:2]) if te is not None else None
                 pic = pred.render(img, st[i], te[i] if te is not None else None, gt)
                 write_png(pic, os.path.join(out_dir, stem + ".png"))
                 done += 1
