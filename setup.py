@@ -44,5 +44,5 @@ setup(
         "black",
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources, removed in setuptools 81
     ],
-    extras_require={"dev": ["pytest", "black", "ruff"]},
+    extras_require={"dev": ["pytest", "black", "ruff", "onnx", "onnxruntime"]},
 )

@@ -134,5 +134,7 @@ def add_textkd_config(cfg: CN) -> None:
 
     # ---------------------------------------------------------------- evaluation / runtime
     _C.TEST.EVAL_BOTH_MIOU = True
+    # validation images (the first N of DATASETS.TEST[0]) drawn to TensorBoard at each evaluation
+    _C.TEST.VIS_IMAGES = 4
     _C.TEXTKD = CN()
     _C.TEXTKD.NONFINITE_CHECK = True  # stop with the loss key when a loss is NaN/inf

@@ -41,6 +41,7 @@ from .evaluation.sem_seg_evaluation import TextKDSemSegEvaluator
 from .modeling.build import check_num_classes, resolve_norm
 from .modeling.weights import _first_conv_hint, first_conv_keys
 from .solver import build_lr_scheduler
+from .vis_hook import add_val_image_hook
 
 logger = logging.getLogger(__name__)
 
@@ -353,6 +354,9 @@ class Trainer(DefaultTrainer):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self._order_restored = state_dict.get("data_order")
+
+    def build_hooks(self):
+        return add_val_image_hook(self.cfg, super().build_hooks())
 
     @classmethod
     def build_model(cls, cfg):
