@@ -2,7 +2,7 @@
 # The main job on the built-in synthetic dataset: set up the environment (detectron2 included),
 # train a teacher (DeepLabV3-R50), then three DeepLabV3-R18 students — the baseline, CWD on logits,
 # and CWD + the text plugins TCD + TRD — evaluate each final checkpoint with --eval-only and print
-# an mIoU table.
+# an mIoU table, then write a Markdown report with figures (tools/report.py) to $OUT/report.
 #
 # The text plugins use CLIP text embeddings of the class names when CLIP ViT-B-16 weights are on
 # this machine: $TEXTKD_CLIP_PRETRAINED (a checkpoint file, or an open_clip tag whose file is in
@@ -140,3 +140,8 @@ wait_runs student_cwd_eval student_cwd_tcd_trd_eval
   "student DeepLabV3-R18 + CWD=$OUT/student_cwd_eval" \
   "student DeepLabV3-R18 + CWD + TCD + TRD (text bank: $text_name)=$OUT/student_cwd_tcd_trd_eval"
 echo "[demo] setup $T_SETUP s; training and evaluation $((SECONDS - T0)) s; outputs in $OUT"
+# 4. a report of the runs: results table, per-class IoU, what each method changes, loss curves
+"$py" tools/report.py --output "$OUT/report" --teacher teacher --baseline baseline \
+  --title "TextKD demo on the synthetic dataset (TCD+TRD text bank: $text_name)" \
+  teacher="$OUT/teacher" baseline="$OUT/student_baseline" CWD="$OUT/student_cwd" \
+  "CWD+TCD+TRD=$OUT/student_cwd_tcd_trd"
