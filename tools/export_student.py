@@ -27,13 +27,27 @@ def main(argv=None) -> int:
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = ap.parse_args(argv)
 
-    from detectron2.modeling import build_model
-    from textkd.engine import TextKDCheckpointer, export_student, load_config
+    from textkd.engine import (
+        TextKDCheckpointer,
+        build_eval_model,
+        check_config,
+        export_student,
+        load_config,
+    )
+    from textkd.modeling.weights import CheckpointFileError, check_checkpoint_file
+    from textkd.validate import ConfigError
 
-    cfg = load_config(args.config_file, args.opts)
-    cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg)
-    TextKDCheckpointer(model).load(args.weights, checkpointables=[])
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        cfg.MODEL.DEVICE = "cpu"
+        check_config(cfg, "export")
+        check_checkpoint_file(args.weights, "checkpoint", "--weights")
+        # a distillation config: the student alone (no teacher is built or read)
+        model = build_eval_model(cfg)
+        TextKDCheckpointer(model).load(args.weights, checkpointables=[])
+    except (ConfigError, CheckpointFileError, OSError) as e:
+        print(f"export_student.py: error: {e}", file=sys.stderr)
+        return 1
     state = export_student(model, args.output)
     n = sum(v.numel() for v in state.values())
     print(f"wrote {args.output}: {len(state)} tensors, {n / 1e6:.2f}M values (student only)")
