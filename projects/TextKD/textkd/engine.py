@@ -132,6 +132,7 @@ def setup(args) -> CfgNode:
     if comm.is_main_process():
         prepare_output_dir(cfg.OUTPUT_DIR)
         if _OUTPUT_LOCK is None or _OUTPUT_LOCK.directory != os.path.abspath(cfg.OUTPUT_DIR):
+            release_output_lock()  # a process sets up one run at a time
             lock = OutputDirLock(cfg.OUTPUT_DIR, command=" ".join(sys.argv))
             notes = lock.acquire()
             _OUTPUT_LOCK = lock
