@@ -177,6 +177,7 @@ def _wait_for(path, proc, timeout=300):
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_second_run_on_a_locked_output_dir_is_refused(data_root, tmp_path):
     out = tmp_path / "shared"
     env = H.subprocess_env(data_root)

@@ -2,7 +2,8 @@
 """Export the deployable student of a distillation checkpoint.
 
 The output holds only the student's weights (``segmentor.*``): no teacher, adapters, projectors
-or text buffers. It loads into the single-model config of the same student::
+or text buffers. The teacher is neither built nor read (``MODEL.DISTILL.TEACHER.*`` may be empty).
+It loads into the single-model config of the same student::
 
     python tools/export_student.py --config-file configs/.../deeplabv3_r18_cwd_tcd_trd.yaml \
         --weights output/model_final.pth --output student.pth

@@ -7,6 +7,11 @@ The detectron2 command line: ``--config-file``, ``--eval-only``, ``--resume``, `
     python tools/train_net.py --config-file configs/Synthetic/deeplabv3_r50_teacher.yaml
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
     python tools/train_net.py --config-file CFG --num-gpus 8 --resume
+
+Before anything runs, the config is checked (``textkd.validate``: evaluation without weights,
+negative loss weights, unused keys, BN with one image per GPU, unreadable checkpoint files) and
+the main process locks ``OUTPUT_DIR`` (``textkd.run_lock``); a refused run exits with status 1 and
+one message. ``--eval-only`` of a distillation config evaluates the student alone (no teacher).
 """
 
 import logging
