@@ -57,6 +57,7 @@ __all__ = [
     "default_config",
     "check_config",
     "setup",
+    "release_output_lock",
     "student_config",
     "build_eval_model",
     "export_student",
