@@ -293,12 +293,13 @@ def build_run(
     """Config (``textkd.engine.load_config``) -> model (detectron2 ``build_model``), optimizer
     (the trainer's), and the input source."""
     from detectron2.modeling import build_model
-    from textkd.engine import Trainer, load_config
+    from textkd.engine import Trainer, check_config, load_config
 
     run = ConfigRun(name=name, path=path, opts=list(args.opts) + list(opts))
     if args.no_pretrained:
         run.opts += ["MODEL.SEG_BACKBONE.PRETRAINED", ""]
     cfg = load_config(_resolve_path(path), run.opts)
+    check_config(cfg, "benchmark")
     cfg.MODEL.DEVICE = str(device)
     if args.dataset_loader:
         cfg.SOLVER.IMS_PER_BATCH = args.batch

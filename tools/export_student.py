@@ -2,7 +2,8 @@
 """Export the deployable student of a distillation checkpoint (or a single model).
 
 ``--format pth`` (default) writes only the student's weights (``segmentor.*``): no teacher,
-adapters, projectors or text buffers. It loads into the single-model config of the same
+adapters, projectors or text buffers. The teacher is neither built nor read
+(``MODEL.DISTILL.TEACHER.*`` may be empty). It loads into the single-model config of the same
 student::
 
     python tools/export_student.py --config-file configs/.../deeplabv3_r18_cwd_tcd_trd.yaml \\
@@ -70,14 +71,19 @@ def main(argv=None) -> int:
     if args.argmax and args.format == "pth":
         ap.error("--argmax applies to the torchscript and onnx formats")
 
-    if args.format == "pth":
-        from detectron2.modeling import build_model
-        from textkd.engine import TextKDCheckpointer, export_student, load_config
+    from textkd.modeling.weights import CheckpointFileError
+    from textkd.validate import ConfigError
 
-        cfg = load_config(args.config_file, args.opts)
-        cfg.MODEL.DEVICE = "cpu"
-        model = build_model(cfg)
-        TextKDCheckpointer(model).load(args.weights, checkpointables=[])
+    if args.format == "pth":
+        from textkd.engine import export_student
+        from textkd.predictor import load_model
+
+        try:
+            # a distillation config: the student alone (no teacher is built or read)
+            _, model = load_model(args.config_file, args.weights, args.opts, "cpu")
+        except (ConfigError, CheckpointFileError, OSError) as e:
+            print(f"export_student.py: error: {e}", file=sys.stderr)
+            return 1
         state = export_student(model, args.output)
         n = sum(v.numel() for v in state.values())
         print(f"wrote {args.output}: {len(state)} tensors, {n / 1e6:.2f}M values (student only)")
@@ -89,9 +95,13 @@ def main(argv=None) -> int:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
-    cfg, deploy = build_deployable(
-        args.config_file, args.weights, args.opts, args.device, argmax=args.argmax
-    )
+    try:
+        cfg, deploy = build_deployable(
+            args.config_file, args.weights, args.opts, args.device, argmax=args.argmax
+        )
+    except (ConfigError, CheckpointFileError, OSError) as e:
+        print(f"export_student.py: error: {e}", file=sys.stderr)
+        return 1
     sizes = [tuple(s) for s in (args.check_size or [(512, 512)])]
     sample = (torch.rand(1, 3, *sizes[0], generator=torch.Generator().manual_seed(0)) * 255).to(
         args.device

@@ -138,3 +138,6 @@ def add_textkd_config(cfg: CN) -> None:
     _C.TEST.VIS_IMAGES = 4
     _C.TEXTKD = CN()
     _C.TEXTKD.NONFINITE_CHECK = True  # stop with the loss key when a loss is NaN/inf
+    # --eval-only without MODEL.WEIGHTS (or --resume without a checkpoint) is refused: it would
+    # score a random model. True evaluates random weights on purpose.
+    _C.TEXTKD.ALLOW_RANDOM_WEIGHTS = False

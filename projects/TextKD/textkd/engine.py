@@ -4,8 +4,10 @@ checkpointer, and the student export."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import sys
 import weakref
 from typing import Any
 
@@ -39,13 +41,47 @@ from .data.sampling import KeyedMapDataset, ResumableTrainingSampler, seed_step_
 from .evaluation.cityscapes_evaluation import TextKDCityscapesSemSegEvaluator
 from .evaluation.sem_seg_evaluation import TextKDSemSegEvaluator
 from .modeling.build import check_num_classes, resolve_norm
-from .modeling.weights import _first_conv_hint, first_conv_keys
+from .modeling.weights import (
+    CheckpointFileError,
+    _first_conv_hint,
+    check_checkpoint_file,
+    first_conv_keys,
+)
+from .run_lock import OutputDirLock, prepare_output_dir, remove_stale_tmp_files
 from .solver import build_lr_scheduler
+from .validate import DISTILL_ARCH, validate_config
 from .vis_hook import add_val_image_hook
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "TextKDCheckpointer", "load_config", "setup", "export_student"]
+__all__ = [
+    "Trainer",
+    "TextKDCheckpointer",
+    "load_config",
+    "default_config",
+    "check_config",
+    "setup",
+    "release_output_lock",
+    "student_config",
+    "build_eval_model",
+    "export_student",
+]
+
+# the OUTPUT_DIR lock of this process (main process only), released at exit
+_OUTPUT_LOCK: OutputDirLock | None = None
+
+
+def default_config() -> CfgNode:
+    """detectron2's defaults + every TextKD key (the reference of the unused-key check)."""
+    cfg = get_cfg()
+    add_textkd_config(cfg)
+    return cfg
+
+
+def check_config(cfg: CfgNode, mode: str, resume: bool = False, world_size: int = 1) -> None:
+    """:func:`textkd.validate.validate_config` against the default config: the one check every
+    entry point (train, --eval-only, export, benchmark) runs before building anything."""
+    validate_config(cfg, mode, defaults=default_config(), resume=resume, world_size=world_size)
 
 
 def load_config(config_file: str, opts: list[str] | tuple = ()) -> CfgNode:
@@ -88,12 +124,67 @@ def load_config(config_file: str, opts: list[str] | tuple = ()) -> CfgNode:
 
 
 def setup(args) -> CfgNode:
-    """Config + detectron2's default setup (logging, per-rank seeding, output dir)."""
+    """Config, its validation (:func:`check_config`), the ``OUTPUT_DIR`` lock (main process
+    only; stale ``*.tmp`` files of dead runs are removed once it is held), then detectron2's
+    default setup (logging, per-rank seeding, config dump)."""
+    global _OUTPUT_LOCK
     cfg = load_config(args.config_file, args.opts)
+    mode = "eval" if args.eval_only else "train"
+    check_config(cfg, mode, resume=args.resume, world_size=comm.get_world_size())
     cfg.freeze()
+    notes: list[str] = []
+    removed: list[str] = []
+    if comm.is_main_process():
+        prepare_output_dir(cfg.OUTPUT_DIR)
+        if _OUTPUT_LOCK is None or _OUTPUT_LOCK.directory != os.path.abspath(cfg.OUTPUT_DIR):
+            release_output_lock()  # a process sets up one run at a time
+            lock = OutputDirLock(cfg.OUTPUT_DIR, command=" ".join(sys.argv))
+            notes = lock.acquire()
+            _OUTPUT_LOCK = lock
+        removed = remove_stale_tmp_files(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="textkd")
+    log = logging.getLogger("textkd")
+    for note in notes:
+        log.warning(note)
+    for path in removed:
+        log.info("removed %s: a temporary file of a run that died while saving", path)
     return cfg
+
+
+def release_output_lock() -> None:
+    """Release this process's ``OUTPUT_DIR`` lock, if it holds one (also done at exit)."""
+    global _OUTPUT_LOCK
+    if _OUTPUT_LOCK is not None:
+        _OUTPUT_LOCK.release()
+        _OUTPUT_LOCK = None
+
+
+def student_config(cfg: CfgNode) -> CfgNode:
+    """The config of the deployable model: a distillation config becomes its student's
+    single-model config (same keys, ``MODEL.META_ARCHITECTURE TextKDSemanticSegmentor``); any
+    other config is returned as it is. Evaluation and export need no teacher."""
+    if cfg.MODEL.META_ARCHITECTURE != DISTILL_ARCH:
+        return cfg
+    frozen = cfg.is_frozen()
+    out = cfg.clone()
+    out.defrost()
+    out.MODEL.META_ARCHITECTURE = "TextKDSemanticSegmentor"
+    if frozen:
+        out.freeze()
+    return out
+
+
+def build_eval_model(cfg: CfgNode):
+    """The model that ``--eval-only`` and export load weights into: the student alone for a
+    distillation config (its teacher is neither built nor loaded), else the config's model."""
+    scfg = student_config(cfg)
+    if scfg is not cfg:
+        logging.getLogger("textkd").info(
+            "distillation config: building the student alone (no teacher is needed to "
+            "evaluate or export it; MODEL.DISTILL.TEACHER.* is not read)"
+        )
+    return Trainer.build_model(scfg)
 
 
 class TextKDCheckpointer(DetectionCheckpointer):
@@ -123,12 +214,27 @@ class TextKDCheckpointer(DetectionCheckpointer):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, save_file)
-        except BaseException:
+        except BaseException as e:
             # a failed save (disk full, unpicklable state, interrupt) leaves no partial file
             with contextlib.suppress(OSError):
                 os.remove(tmp)
+            if _is_disk_full(e):
+                raise OSError(
+                    errno.ENOSPC,
+                    f"no space left on device while saving checkpoint {save_file} (OUTPUT_DIR "
+                    f"{self.save_dir}): the partial file was removed and the previous checkpoint"
+                    f"{self._previous_checkpoint_words()} is kept. Free disk space (or set "
+                    "OUTPUT_DIR to a disk with room) and continue with --resume",
+                ) from e
             raise
         self.tag_last_checkpoint(basename)
+
+    def _previous_checkpoint_words(self) -> str:
+        if not self.has_checkpoint():
+            return " (none yet)"
+        with contextlib.suppress(OSError):
+            return f" {self.get_checkpoint_file()}"
+        return ""
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         save_file = os.path.join(self.save_dir, "last_checkpoint")
@@ -141,12 +247,36 @@ class TextKDCheckpointer(DetectionCheckpointer):
 
     def load(self, path: str, *args, **kwargs):
         self._loading_path = path
+        if path:
+            # a directory, an empty, truncated or foreign file: an error naming it
+            check_checkpoint_file(path, "checkpoint")
         return super().load(path, *args, **kwargs)
+
+    def _load_file(self, filename: str):
+        try:
+            return super()._load_file(filename)
+        except Exception as e:  # noqa: BLE001 - re-raised naming the file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointFileError(
+                f"checkpoint {filename!r} is not a readable checkpoint ({type(e).__name__}: "
+                f"{first[:300]}); use a checkpoint written by TextKD, torch or detectron2"
+            ) from e
 
     def _load_model(self, checkpoint: Any):
         state = checkpoint.get("model", {})
         own = self.model.state_dict()
         path = getattr(self, "_loading_path", "?")
+        # a distillation checkpoint loaded into its student alone (evaluation, export): the
+        # distillation-only entries (adapters, projectors) have nowhere to go
+        extra = [k for k in state if k.startswith(_DISTILL_ONLY) and k not in own]
+        if extra and any(k.startswith("segmentor.") for k in state):
+            for k in extra:
+                del state[k]
+            self.logger.info(
+                "left out %d distillation-only entries of %s (the student is loaded alone)",
+                len(extra),
+                path,
+            )
         first_convs = first_conv_keys(self.model)
         for k, v in state.items():
             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape):
@@ -221,6 +351,22 @@ def build_resumable_train_loader(cfg, mapper, seed: int | None = None):
 def _train_sampler(data_loader) -> ResumableTrainingSampler | None:
     sampler = getattr(getattr(data_loader, "dataset", None), "sampler", None)
     return sampler if isinstance(sampler, ResumableTrainingSampler) else None
+
+
+# entries of a distillation checkpoint that belong to the distillation, not to the student
+_DISTILL_ONLY = ("distiller.", "text_distiller.", "teacher.")
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """True when ``e`` (or an exception it chains) is "no space left on device": an ENOSPC
+    OSError, or torch's writer error that follows a short write."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _find_unused(cfg) -> bool:

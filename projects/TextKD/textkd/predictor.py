@@ -1,7 +1,7 @@
 """A trained model ready to predict or export (detectron2 layer).
 
-:func:`build_deployable` builds the model of a config (single-model, or distillation whose
-student is taken) the way ``tools/export_student.py`` does, loads the checkpoint strictly and
+:func:`build_deployable` builds the model of a config (single-model, or the student alone
+of a distillation config, without its teacher), checks config and file, loads the checkpoint strictly and
 wraps the (student) segmentor in :class:`textkd.deploy.DeployableSegmentor`.
 :func:`class_info` gives the class names and colours of the config's dataset.
 """
@@ -9,14 +9,13 @@ wraps the (student) segmentor in :class:`textkd.deploy.DeployableSegmentor`.
 from __future__ import annotations
 
 import logging
-import os
 
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.modeling import build_model
 
 from .deploy import DeployableSegmentor
-from .engine import TextKDCheckpointer, load_config
+from .engine import TextKDCheckpointer, build_eval_model, check_config, load_config
+from .modeling.weights import check_checkpoint_file
 from .visualize import default_palette
 
 logger = logging.getLogger(__name__)
@@ -27,10 +26,11 @@ __all__ = ["build_deployable", "class_info", "load_model"]
 def load_model(config_file: str, weights: str, opts=(), device: str = "cpu"):
     """``(cfg, model)``: the config's model in eval mode with ``weights`` loaded strictly (a
     checkpoint of another config is an error naming the file and keys)."""
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"weights file not found: {weights}")
     cfg = load_config(config_file, list(opts) + ["MODEL.DEVICE", device])
-    model = build_model(cfg)
+    check_config(cfg, "export")
+    check_checkpoint_file(weights, "checkpoint", "--weights")
+    # a distillation config: the student alone (its teacher is neither built nor read)
+    model = build_eval_model(cfg)
     TextKDCheckpointer(model).load(weights, checkpointables=[])
     return cfg, model.eval()
 

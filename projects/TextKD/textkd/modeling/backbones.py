@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .weights import CheckpointFileError, check_checkpoint_file, load_checkpoint_file
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -42,6 +44,21 @@ STAGE_NAMES = ("res2", "res3", "res4", "res5")
 _NOMINAL_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 NormLayer = Callable[[int], nn.Module]
+
+
+NORM_CHOICES = ("auto", "BN", "SyncBN")
+
+
+def norm_name(norm: str, world_size: int, device: str) -> str:
+    """The norm layer a ``MODEL.SEG_BACKBONE.NORM`` value means for a run: "BN" or "SyncBN";
+    "auto" = SyncBN when training on more than one process on CUDA, BN otherwise."""
+    if norm not in NORM_CHOICES:
+        raise ValueError(
+            f"MODEL.SEG_BACKBONE.NORM must be one of {list(NORM_CHOICES)}, got {norm!r}"
+        )
+    if norm == "auto":
+        return "SyncBN" if world_size > 1 and str(device).startswith("cuda") else "BN"
+    return norm
 
 
 def resolve_norm_layer(norm: str | NormLayer | None) -> NormLayer:
@@ -426,17 +443,18 @@ def load_pretrained(
     Raises FileNotFoundError when ``path`` is missing and ValueError listing every missing,
     unexpected or shape-mismatched key.
     """
-    if not path or not os.path.isfile(path):
+    if not path or not os.path.exists(path):
         raise FileNotFoundError(f"pretrained backbone weights not found: '{path}'")
-    try:
-        if path.endswith(".safetensors"):
+    if path.endswith(".safetensors"):
+        check_checkpoint_file(path, "pretrained backbone weights")
+        try:
             from safetensors.torch import load_file
 
             obj = load_file(path, device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"cannot read pretrained weights '{path}': {e}") from e
+        except Exception as e:  # noqa: BLE001 - re-raised with the file name
+            raise CheckpointFileError(f"cannot read pretrained weights '{path}': {e}") from e
+    else:
+        obj = load_checkpoint_file(path, "pretrained backbone weights", weights_only=True)
     ckpt = unwrap_state_dict(obj, f"pretrained file '{path}'")
     own = backbone.state_dict()
     std = backbone.extra_chans_init_std if extra_chans_init_std is None else extra_chans_init_std

@@ -20,7 +20,7 @@ from detectron2.modeling import build_backbone as d2_build_backbone
 from detectron2.utils import comm
 from torch import nn
 
-from .backbones import STAGE_NAMES, SegBackbone, build_backbone
+from .backbones import STAGE_NAMES, SegBackbone, build_backbone, norm_name
 from .heads import AuxFCNHead, DeepLabV3Head, FCNHead, PSPHead
 from .ocrnet import OCRHead, default_ocr_channels
 from .segmentor import Segmentor, default_head_channels
@@ -45,20 +45,12 @@ __all__ = [
 # detectron2's default MODEL.BACKBONE.NAME: a TextKD config that does not name a backbone gets
 # the TextKD timm backbone described by MODEL.SEG_BACKBONE
 _D2_DEFAULT_BACKBONE = "build_resnet_backbone"
-_NORMS = ("auto", "BN", "SyncBN")
 
 
 def resolve_norm(cfg: CfgNode) -> str:
-    """``MODEL.SEG_BACKBONE.NORM`` as "BN" or "SyncBN"; "auto" = SyncBN when training on more
-    than one process (``comm.get_world_size() > 1``) on CUDA, BN otherwise. Used for the
-    backbone and every head."""
-    norm = cfg.MODEL.SEG_BACKBONE.NORM
-    if norm not in _NORMS:
-        raise ValueError(f"MODEL.SEG_BACKBONE.NORM must be one of {list(_NORMS)}, got {norm!r}")
-    if norm == "auto":
-        multi = comm.get_world_size() > 1 and str(cfg.MODEL.DEVICE).startswith("cuda")
-        return "SyncBN" if multi else "BN"
-    return norm
+    """``MODEL.SEG_BACKBONE.NORM`` as "BN" or "SyncBN" (:func:`~.backbones.norm_name` with this
+    process group's world size). Used for the backbone and every head."""
+    return norm_name(cfg.MODEL.SEG_BACKBONE.NORM, comm.get_world_size(), cfg.MODEL.DEVICE)
 
 
 # --------------------------------------------------------------------------- backbone

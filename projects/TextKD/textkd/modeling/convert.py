@@ -39,6 +39,7 @@ import torch
 
 from .backbones import build_backbone, unwrap_state_dict
 from .stdc import STDC_LAYERS  # also registers the stdc1/stdc2 backbones
+from .weights import load_checkpoint_file
 
 logger = logging.getLogger(__name__)
 
@@ -197,12 +198,9 @@ def load_source_state_dict(path: str) -> dict[str, torch.Tensor]:
     ``model`` / ``state_dict_ema`` / ... (:func:`backbones.unwrap_state_dict`); ``module.``
     prefixes are removed and non-tensor entries ignored. Loaded with ``weights_only=True``
     (tensors and plain containers only). Raises FileNotFoundError / ValueError naming the file."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint to convert not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+    obj = load_checkpoint_file(path, "checkpoint to convert", weights_only=True)
     return unwrap_state_dict(obj, path)
 
 

@@ -69,7 +69,15 @@ def build_teacher(cfg) -> tuple[Any, Segmentor]:
     A missing file, or a checkpoint with missing/unexpected/mis-shaped keys, is an error: a
     distillation run never starts from a random teacher."""
     tcfg = load_teacher_config(cfg)
-    teacher = build_segmentor_from_cfg(tcfg)
+    try:
+        teacher = build_segmentor_from_cfg(tcfg)
+    except ValueError as e:
+        raise ValueError(
+            f"the teacher's config MODEL.DISTILL.TEACHER.CONFIG_FILE="
+            f"{cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE!r} (+ MODEL.DISTILL.TEACHER.OPTS) is at "
+            f"fault, not the student's: {e}. Fix it in that file or through "
+            "MODEL.DISTILL.TEACHER.OPTS"
+        ) from e
     weights = cfg.MODEL.DISTILL.TEACHER.WEIGHTS
     if not weights:
         raise ValueError(
@@ -77,14 +85,14 @@ def build_teacher(cfg) -> tuple[Any, Segmentor]:
             "checkpoint (train one with tools/train_net.py --config-file "
             f"{cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE})"
         )
-    if not os.path.isfile(weights):
+    if not os.path.exists(weights):
         raise FileNotFoundError(
             f"teacher checkpoint MODEL.DISTILL.TEACHER.WEIGHTS={weights!r} does not exist; "
             "distillation never starts from a random teacher. Train the teacher first "
             f"(tools/train_net.py --config-file {cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE}) or "
             "point the key at its checkpoint"
         )
-    load_segmentor_checkpoint(teacher, weights, what="teacher")
+    load_segmentor_checkpoint(teacher, weights, what="teacher", key="MODEL.DISTILL.TEACHER.WEIGHTS")
     return tcfg, teacher
 
 

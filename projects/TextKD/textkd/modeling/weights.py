@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from collections.abc import Collection
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,6 +14,9 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CheckpointFileError",
+    "check_checkpoint_file",
+    "load_checkpoint_file",
     "read_state_dict",
     "segmentor_state_dict",
     "load_segmentor_checkpoint",
@@ -23,15 +28,89 @@ __all__ = [
 _SEGMENTOR_PREFIXES = ("segmentor.",)
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file and return its model state dict (``model``/``state_dict`` entry
-    or the dict itself), with DDP's ``module.`` prefix removed and numpy arrays as tensors."""
+class CheckpointFileError(ValueError):
+    """A checkpoint path that exists but is not a readable checkpoint (truncated, damaged or not a
+    checkpoint at all)."""
+
+
+# the first bytes of a torch.save zip archive and of a pickle (legacy torch.save, detectron2 .pkl)
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+
+
+def _describe(path: str, what: str, key: str) -> str:
+    return f"{what} {key}={path!r}" if key else f"{what} {path!r}"
+
+
+def check_checkpoint_file(path: str, what: str = "checkpoint", key: str = "") -> None:
+    """Fail early, naming the file (and the config ``key`` it came from), when ``path`` cannot be
+    a checkpoint: missing (FileNotFoundError), a directory (IsADirectoryError), empty, or not a
+    complete torch zip archive / pickle (:class:`CheckpointFileError`). Cheap: reads the first
+    bytes and the zip directory, not the tensors. The one readable-file check of TextKD: every
+    checkpoint reader (model, teacher, backbone, converter, detectron2 checkpointer) calls it."""
+    desc = _describe(path, what, key)
+    if not path:
+        raise FileNotFoundError(f"{desc} is empty: give the path of a checkpoint file")
+    if os.path.isdir(path):
+        found = sorted(n for n in os.listdir(path) if n.endswith((".pth", ".pkl", ".pt")))
+        hint = f" (checkpoints in it: {', '.join(found[:5])})" if found else ""
+        raise IsADirectoryError(
+            f"{desc} is a directory, not a checkpoint file: give the path of a file inside it, "
+            f"e.g. {os.path.join(path, found[-1] if found else 'model_final.pth')}{hint}"
+        )
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise FileNotFoundError(f"{desc} does not exist: check the path")
+    size = os.path.getsize(path)
+    not_readable = f"{desc} is not a readable checkpoint"
+    if size == 0:
+        raise CheckpointFileError(f"{not_readable}: the file is empty (0 bytes); use another file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CheckpointFileError(
+                f"{not_readable}: it is a truncated or damaged torch archive ({size} bytes; {e}). "
+                "Copy it again or use another checkpoint"
+            ) from e
+        if not any(n.endswith("data.pkl") for n in names):
+            raise CheckpointFileError(
+                f"{not_readable}: a zip archive without torch's data.pkl (not written by "
+                "torch.save)"
+            )
+    elif not (head.startswith(_PICKLE_MAGIC) or path.endswith(".safetensors")):
+        raise CheckpointFileError(
+            f"{not_readable}: neither a torch.save archive nor a pickle file (first bytes "
+            f"{head!r}, {size} bytes). Give a .pth/.pkl checkpoint written by TextKD, torch or "
+            "detectron2"
+        )
+
+
+def load_checkpoint_file(
+    path: str, what: str = "checkpoint", key: str = "", weights_only: bool = False
+) -> Any:
+    """``torch.load(path)`` on the CPU after :func:`check_checkpoint_file`; a file that still
+    fails to load is a :class:`CheckpointFileError` naming it (never torch's bare unpickling
+    error)."""
+    check_checkpoint_file(path, what, key)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # noqa: BLE001 - re-raised with the path
-        raise RuntimeError(f"could not read checkpoint {path}: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointFileError(
+            f"{_describe(path, what, key)} is not a readable checkpoint "
+            f"({type(e).__name__}: {first[:300]}); use a checkpoint written by TextKD, torch or "
+            "detectron2"
+        ) from e
+
+
+def read_state_dict(path: str, what: str = "checkpoint", key: str = "") -> dict[str, torch.Tensor]:
+    """Read a checkpoint file and return its model state dict (``model``/``state_dict`` entry
+    or the dict itself), with DDP's ``module.`` prefix removed and numpy arrays as tensors.
+    ``what``/``key`` name the file in errors (e.g. "teacher", "MODEL.DISTILL.TEACHER.WEIGHTS")."""
+    ckpt = load_checkpoint_file(path, what, key)
     if isinstance(ckpt, dict):
         for key in ("model", "state_dict"):
             if key in ckpt and isinstance(ckpt[key], dict):
@@ -89,10 +168,13 @@ def _first_conv_hint(
     return None
 
 
-def load_segmentor_checkpoint(model: nn.Module, path: str, what: str = "model") -> None:
+def load_segmentor_checkpoint(
+    model: nn.Module, path: str, what: str = "model", key: str = ""
+) -> None:
     """Load ``path`` into ``model`` strictly: every missing, unexpected or shape-mismatched key
-    is an error naming the file and the keys (never a partially random model)."""
-    state = segmentor_state_dict(read_state_dict(path))
+    is an error naming the file (and the config ``key`` it came from) and the keys (never a
+    partially random model)."""
+    state = segmentor_state_dict(read_state_dict(path, f"{what} checkpoint", key))
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

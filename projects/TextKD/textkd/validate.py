@@ -1,0 +1,313 @@
+"""Checks of a run's configuration before its first iteration (framework-free).
+
+Every entry point (``tools/train_net.py`` for training and ``--eval-only``,
+``tools/export_student.py``, ``tools/benchmark.py``) calls :func:`validate_config` with the merged
+config node before it builds anything; a configuration that cannot be meant stops with one
+:class:`ConfigError` listing every problem, each naming the key (or file) and what to do:
+
+* evaluation without weights (empty ``MODEL.WEIGHTS``, or ``--resume`` on an ``OUTPUT_DIR`` without
+  ``last_checkpoint``) would score a random model: refused unless
+  ``TEXTKD.ALLOW_RANDOM_WEIGHTS True``; a ``MODEL.WEIGHTS`` that is not a readable checkpoint file;
+* negative or non-finite loss weights, non-positive or non-finite temperatures (any ``*WEIGHT`` /
+  ``*TEMPERATURE`` key of the TextKD nodes and of every distillation term);
+* keys that the config accepts but TextKD does not use (detectron2's generic ones such as
+  ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT``, and TextKD keys that the chosen model ignores, e.g.
+  ``MODEL.DISTILL.*`` in a single-model config) when set to a value other than the default;
+* training with plain BatchNorm on one image per GPU.
+
+The config is read as nested mappings with attribute access (a detectron2 / yacs ``CfgNode``);
+``defaults`` is a config node of the same kind holding the default values (the edge passes
+detectron2's defaults + ``add_textkd_config``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .modeling.backbones import norm_name
+from .modeling.weights import check_checkpoint_file
+
+__all__ = ["ConfigError", "MODES", "validate_config", "unused_key_problems", "number_problems"]
+
+MODES = ("train", "eval", "export", "benchmark")
+
+DISTILL_ARCH = "DistillSemanticSegmentor"
+# detectron2's default backbone name means the TextKD timm backbone (modeling/build.py)
+_TEXTKD_BACKBONES = ("build_resnet_backbone", "TextKDTimmBackbone")
+
+# nodes whose ``*WEIGHT`` / ``*TEMPERATURE`` values are loss weights and temperatures
+_NUMBER_NODES = (
+    "MODEL.SEM_SEG_HEAD",
+    "MODEL.LAD",
+    "MODEL.DISTILL",
+    "MODEL.TEXT_BANK",
+    "MODEL.SEG_BACKBONE",
+    "TEXTKD",
+)
+# distillation-term parameters that weigh parts of a loss (DIST's β and γ)
+_TERM_WEIGHTS = ("WEIGHT", "BETA", "GAMMA")
+_TERM_TEMPERATURES = ("TEMPERATURE", "TAU")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be meant; the message lists every problem found."""
+
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_number(key: str, value: Any, kind: str) -> str | None:
+    if not _is_number(value):
+        return f"{key} is {value!r}: a {kind} must be a number"
+    if not math.isfinite(value):
+        return f"{key} is {value!r}: a {kind} must be finite"
+    if kind == "loss weight" and value < 0:
+        return (
+            f"{key} is {value!r}: a loss weight must be >= 0 (a negative weight maximises the "
+            "loss; 0 turns the term off)"
+        )
+    if kind == "temperature" and not value > 0:
+        return f"{key} is {value!r}: a temperature must be > 0"
+    return None
+
+
+def number_problems(cfg: Any) -> list[str]:
+    """Negative / non-finite loss weights and non-positive / non-finite temperatures, each
+    naming its key: every ``*WEIGHT`` and ``*TEMPERATURE`` key under the TextKD nodes and the
+    ``WEIGHT``/``BETA``/``GAMMA``/``TEMPERATURE``/``TAU`` of every distillation term."""
+    problems: list[str] = []
+    terms_key = "MODEL.DISTILL.TERMS"
+
+    def walk(node: Mapping, prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}.{k}"
+            if key == terms_key:
+                continue
+            if isinstance(v, Mapping):
+                walk(v, key)
+            elif str(k).endswith("WEIGHT"):
+                problems.append(_check_number(key, v, "loss weight"))
+            elif str(k).endswith("TEMPERATURE"):
+                problems.append(_check_number(key, v, "temperature"))
+
+    for name in _NUMBER_NODES:
+        node = _get(cfg, name)
+        if isinstance(node, Mapping):
+            walk(node, name)
+    terms = _get(cfg, terms_key, {}) or {}
+    for term, node in terms.items():
+        if not isinstance(node, Mapping):
+            continue  # parse_terms reports malformed terms with their own message
+        for k, v in node.items():
+            key = f"{terms_key}.{term}.{k}"
+            if k in _TERM_WEIGHTS:
+                problems.append(_check_number(key, v, "loss weight"))
+            elif k in _TERM_TEMPERATURES:
+                problems.append(_check_number(key, v, "temperature"))
+    return [p for p in problems if p]
+
+
+# --------------------------------------------------------------------------- unused keys
+
+# (key, when it is unused (None: always), what to do instead)
+_UNUSED: tuple[tuple[str, Any, str], ...] = (
+    (
+        "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT",
+        None,
+        "the main cross-entropy always has weight 1 (the reference recipe); weigh the auxiliary "
+        "loss with MODEL.SEM_SEG_HEAD.AUX_WEIGHT and the distillation terms with their WEIGHT",
+    ),
+    ("MODEL.SEM_SEG_HEAD.LOSS_TYPE", None, "TextKD's task loss is the plain cross-entropy"),
+    ("MODEL.SEM_SEG_HEAD.CONVS_DIM", None, "the head width is MODEL.SEM_SEG_HEAD.CHANNELS"),
+    (
+        "MODEL.SEM_SEG_HEAD.COMMON_STRIDE",
+        None,
+        "the output stride is MODEL.SEG_BACKBONE.OUTPUT_STRIDE",
+    ),
+    (
+        "MODEL.SEM_SEG_HEAD.NORM",
+        None,
+        "the norm layer of backbone and heads is MODEL.SEG_BACKBONE.NORM",
+    ),
+    ("MODEL.SEM_SEG_HEAD.IN_FEATURES", None, "the head's input is MODEL.SEM_SEG_HEAD.IN_FEATURE"),
+    (
+        "INPUT.MIN_SIZE_TRAIN",
+        None,
+        "training sizes are INPUT.BASE_SIZE, INPUT.SCALE_RANGE and INPUT.CROP.SIZE",
+    ),
+    ("INPUT.MAX_SIZE_TRAIN", None, "training sizes are INPUT.BASE_SIZE and INPUT.SCALE_RANGE"),
+    ("INPUT.MIN_SIZE_TRAIN_SAMPLING", None, "scales are drawn from INPUT.SCALE_RANGE"),
+    ("INPUT.MIN_SIZE_TEST", None, "the evaluation size is INPUT.TEST_SIZE"),
+    ("INPUT.MAX_SIZE_TEST", None, "the evaluation size is INPUT.TEST_SIZE"),
+    ("INPUT.RANDOM_FLIP", None, "flipping is INPUT.FLIP (True/False)"),
+    ("TEST.AUG.ENABLED", None, "test-time augmentation is not part of the protocol"),
+    ("TEST.EVAL_BOTH_MIOU", None, "both mIoU variants are always reported"),
+    (
+        "MODEL.BACKBONE.FREEZE_AT",
+        "textkd_backbone",
+        "the TextKD backbone (MODEL.SEG_BACKBONE) trains every stage; freeze its BN with "
+        "MODEL.SEG_BACKBONE.FROZEN_BN",
+    ),
+    ("MODEL.RESNETS", "textkd_backbone", "the backbone is chosen by MODEL.SEG_BACKBONE.ARCH"),
+    (
+        "MODEL.DISTILL",
+        "not_distill",
+        f"distillation keys only apply to MODEL.META_ARCHITECTURE {DISTILL_ARCH}",
+    ),
+    (
+        "MODEL.LAD",
+        "not_lad",
+        "LAD keys only apply to a label-conditioned model (MODEL.LAD.ENABLED True); a "
+        "distillation student reads its LAD teacher's settings from the teacher's config",
+    ),
+)
+
+
+def _condition_holds(cfg: Any, condition: Any) -> bool:
+    if condition is None:
+        return True
+    if condition == "textkd_backbone":
+        return _get(cfg, "MODEL.BACKBONE.NAME") in _TEXTKD_BACKBONES
+    if condition == "not_distill":
+        return _get(cfg, "MODEL.META_ARCHITECTURE") != DISTILL_ARCH
+    if condition == "not_lad":
+        return not _get(cfg, "MODEL.LAD.ENABLED", False)
+    raise ValueError(f"unknown condition {condition!r}")
+
+
+def _differences(value: Any, default: Any, key: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys under ``key`` whose value differs from ``default``."""
+    if isinstance(value, Mapping) and isinstance(default, Mapping):
+        out = []
+        for k in sorted(set(value) | set(default), key=str):
+            sub = f"{key}.{k}"
+            if sub in skip:
+                continue
+            out += _differences(value.get(k), default.get(k), sub, skip)
+        return out
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return [] if list(value) == list(default) else [key]
+    return [] if value == default else [key]
+
+
+def unused_key_problems(cfg: Any, defaults: Any) -> list[str]:
+    """Keys the config accepts but this run does not use, set to a non-default value; each
+    problem names the key, its value and what to set instead."""
+    problems = []
+    for key, condition, advice in _UNUSED:
+        if _get(cfg, key) is None or not _condition_holds(cfg, condition):
+            continue
+        skip = ("MODEL.LAD.ENABLED",)
+        for sub in _differences(_get(cfg, key), _get(defaults, key), key, skip):
+            problems.append(
+                f"{sub} is {_get(cfg, sub)!r} but TextKD does not use it here (default "
+                f"{_get(defaults, sub)!r}): {advice}. Remove it from the config"
+            )
+    return problems
+
+
+# --------------------------------------------------------------------------- run-level checks
+
+
+def _has_last_checkpoint(output_dir: str) -> bool:
+    return bool(output_dir) and os.path.isfile(os.path.join(output_dir, "last_checkpoint"))
+
+
+def _weights_problems(cfg: Any, mode: str, resume: bool) -> list[str]:
+    weights = _get(cfg, "MODEL.WEIGHTS", "")
+    output_dir = _get(cfg, "OUTPUT_DIR", "")
+    if resume and _has_last_checkpoint(output_dir):
+        return []  # the run continues from OUTPUT_DIR/last_checkpoint
+    if weights:
+        try:
+            check_checkpoint_file(weights, "checkpoint", "MODEL.WEIGHTS")
+        except (OSError, ValueError) as e:
+            return [str(e)]
+        return []
+    if mode != "eval" or _get(cfg, "TEXTKD.ALLOW_RANDOM_WEIGHTS", False):
+        return []
+    if resume:
+        what = (
+            f"--eval-only --resume found no last_checkpoint in OUTPUT_DIR={output_dir!r} and "
+            "MODEL.WEIGHTS is empty"
+        )
+    else:
+        what = "--eval-only with an empty MODEL.WEIGHTS"
+    return [
+        f"{what}: this would evaluate a randomly initialised model. Set MODEL.WEIGHTS to a "
+        "trained checkpoint (e.g. <OUTPUT_DIR of the training run>/model_final.pth), or "
+        "--resume with the training run's OUTPUT_DIR; to evaluate random weights on purpose "
+        "set TEXTKD.ALLOW_RANDOM_WEIGHTS True"
+    ]
+
+
+def _batch_norm_problems(cfg: Any, world_size: int) -> list[str]:
+    total = int(_get(cfg, "SOLVER.IMS_PER_BATCH", 2))
+    world_size = max(int(world_size), 1)
+    per_gpu = total // world_size
+    try:
+        norm = norm_name(
+            _get(cfg, "MODEL.SEG_BACKBONE.NORM", "auto"),
+            world_size,
+            _get(cfg, "MODEL.DEVICE", "cpu"),
+        )
+    except ValueError as e:
+        return [str(e)]
+    batch = per_gpu if norm == "BN" else total
+    if batch >= 2:
+        return []
+    return [
+        f"SOLVER.IMS_PER_BATCH is {total} over {world_size} process(es): {batch} image per "
+        f"{'GPU' if norm == 'BN' else 'step'} with {norm} (MODEL.SEG_BACKBONE.NORM "
+        f"{_get(cfg, 'MODEL.SEG_BACKBONE.NORM', 'auto')!r}). Batch norm cannot train on one "
+        "image (its pooled branches have one value per channel). Use SOLVER.IMS_PER_BATCH >= "
+        f"{2 * world_size} (2 images per GPU or more), or SyncBN across several GPUs "
+        "(MODEL.SEG_BACKBONE.NORM SyncBN with --num-gpus > 1)"
+    ]
+
+
+def validate_config(
+    cfg: Any,
+    mode: str,
+    *,
+    defaults: Any = None,
+    resume: bool = False,
+    world_size: int = 1,
+) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``cfg`` for a run of kind ``mode``
+    ("train", "eval", "export" or "benchmark"), before anything is built.
+
+    ``resume``: ``--resume`` was given; ``world_size``: the number of training processes
+    (``--num-gpus`` × ``--num-machines``); ``defaults``: the default config node, needed for the
+    unused-key check (skipped when None)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    problems = number_problems(cfg)
+    if defaults is not None:
+        problems += unused_key_problems(cfg, defaults)
+    if mode in ("train", "eval"):
+        problems += _weights_problems(cfg, mode, resume)
+    if mode == "train":
+        problems += _batch_norm_problems(cfg, world_size)
+    if problems:
+        what = {"train": "training", "eval": "evaluation", "export": "export"}.get(mode, mode)
+        raise ConfigError(
+            f"the configuration cannot be used for {what} ({len(problems)} problem"
+            f"{'s' if len(problems) > 1 else ''}); nothing was run:\n  - " + "\n  - ".join(problems)
+        )
