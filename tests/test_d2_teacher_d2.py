@@ -30,7 +30,7 @@ from textkd.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
 from textkd.engine import Trainer, load_config  # noqa: E402
 from textkd.modeling.d2_teacher import (  # noqa: E402
     D2Teacher,
-    _build_model,
+    build_d2_model,
     check_teacher_classes,
     load_d2_teacher_config,
     mask_classification_scores,
@@ -84,7 +84,7 @@ def save_teacher(kind: str, directory, name: str, seed: int = 0, teacher_opts=()
     cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = str(REPO / TEACHERS[kind][1])
     cfg.MODEL.DISTILL.TEACHER.OPTS = list(teacher_opts)
     torch.manual_seed(seed)
-    model = _build_model(load_d2_teacher_config(cfg))
+    model = build_d2_model(load_d2_teacher_config(cfg))
     DetectionCheckpointer(model, save_dir=str(directory)).save(name)
     return str(Path(directory) / f"{name}.pth")
 
@@ -168,7 +168,7 @@ def test_example_configs():
                 assert cfg.MODEL.DISTILL.TCD.WEIGHT == 3.0 and cfg.MODEL.DISTILL.TRD.WEIGHT == 1.0
             if t.CONFIG_FILE not in teachers:
                 teachers.add(t.CONFIG_FILE)
-                names = dict(_build_model(tcfg).named_modules())
+                names = dict(build_d2_model(tcfg).named_modules())
                 assert t.LOGITS_MODULE in names, rel
                 assert t.FEATURE_MODULE.removesuffix(":input") in names, rel
     finally:
@@ -262,6 +262,42 @@ def test_hooked_feature_is_the_module_output(env, kind, module, tmp_path):
         handle.remove()
     assert torch.equal(t_out.feature, seen["x"])
     assert model.teacher.output_channels["feature"] == seen["x"].shape[1]
+
+
+LAZY_TEACHER = """from detectron2.model_zoo import get_config
+from omegaconf import OmegaConf
+
+# detectron2's own LazyConfig PanopticFPN (its sem_seg branch is the teacher), 8 stuff classes
+model = get_config("common/models/panoptic_fpn.py").model
+model.sem_seg_head.num_classes = 8
+model.roi_heads.num_classes = 3
+dataloader = OmegaConf.create(
+    {"train": {"dataset": {"names": "%s"}, "mapper": {"image_format": "BGR"}}}
+)
+"""
+
+
+def test_lazyconfig_teacher(env, tmp_path):
+    """A LazyConfig (.py) teacher: detectron2's PanopticFPN from its model zoo, its semantic
+    branch distilled; format and training set come from the LazyConfig's dataloader."""
+    lazy = tmp_path / "panoptic_teacher.py"
+    lazy.write_text(LAZY_TEACHER % H.TINY_TRAIN)
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.DISTILL.TEACHER.CONFIG_FILE", str(lazy)]
+    cfg = load_config(str(REPO / student_config("fpn")), opts)
+    assert teacher_kind(cfg) == "detectron2"
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_d2_model(load_d2_teacher_config(cfg)), str(tmp_path)).save("pan")
+    extra = ["MODEL.DISTILL.TEACHER.CONFIG_FILE", str(lazy)]
+    _, model = build(env, "fpn", tmp_path, extra=extra, weights=str(tmp_path / "pan.pth"))
+    assert type(model.teacher.model).__name__ == "PanopticFPN"
+    assert model.teacher.flip_channels
+    batch = images(seed=7)
+    x, targets = model.preprocess(batch, need_targets=True)
+    t_out = model.teacher_forward(batch, targets, student_input=x.tensor)
+    up = F.interpolate(t_out.logits, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up, torch.stack(own_inference(model.teacher, batch)))
+    model.train()
+    assert "loss_cwd_logits" in model(batch)
 
 
 # --------------------------------------------------------------------------- Mask2Former style

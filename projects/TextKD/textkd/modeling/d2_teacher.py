@@ -129,9 +129,9 @@ def load_d2_teacher_config(cfg):
     try:
         tcfg.merge_from_file(path)
         tcfg.merge_from_list(list(t.OPTS))
-    except KeyError as e:
+    except (KeyError, AssertionError) as e:  # yacs: unknown key in the file / in OPTS
         raise ValueError(
-            f"teacher config {path!r}: {e}. A detectron2 project config needs its project's keys: "
+            f"teacher config {path!r} (+ MODEL.DISTILL.TEACHER.OPTS): {e}. A detectron2 project config needs its project's keys: "
             "list the function that adds them in MODEL.DISTILL.TEACHER.CONFIG_HOOKS (e.g. "
             "detectron2.projects.deeplab.add_deeplab_config)"
         ) from e
@@ -420,7 +420,7 @@ def load_d2_weights(model: nn.Module, weights: str) -> None:
         )
 
 
-def _build_model(tcfg) -> nn.Module:
+def build_d2_model(tcfg) -> nn.Module:
     if _is_lazy(tcfg):
         from detectron2.config import instantiate
 
@@ -496,7 +496,7 @@ def build_d2_teacher(cfg) -> tuple[Any, D2Teacher]:
             "distillation never starts from a random teacher. Point the key at the checkpoint "
             f"trained with {t.CONFIG_FILE} (a local file: nothing is downloaded)"
         )
-    model = _build_model(tcfg).to(cfg.MODEL.DEVICE)
+    model = build_d2_model(tcfg).to(cfg.MODEL.DEVICE)
     load_d2_weights(model, weights)
     fmt = _input_format(cfg, tcfg, model)
     teacher = D2Teacher(
