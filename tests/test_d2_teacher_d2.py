@@ -12,6 +12,7 @@ name, class count, class order or checkpoint is an error before the first iterat
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -491,3 +492,24 @@ def test_distillation_trains_and_keeps_the_teacher(env, kind, tmp_path, data_roo
     rows = H.read_metrics(out)
     assert rows and all("loss_cwd_logits" in r for r in rows if "total_loss" in r)
     assert (out / "model_final.pth").is_file()
+
+
+def test_benchmark_random_teacher_writes_a_detectron2_teacher(env, tmp_path):
+    """tools/benchmark.py --random-teacher: a detectron2 teacher's random checkpoint is its own
+    state dict, which the strict loader accepts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "textkd_tools_bench_d2t", H.TOOLS / "benchmark.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # it defines dataclasses
+    spec.loader.exec_module(bench)
+    cfg = H.load_cfg(str(REPO / student_config("deeplab")), distill_opts(env, "deeplab", tmp_path))
+    cfg.defrost()
+    path = bench.write_random_teacher(cfg, str(tmp_path), "deeplab", seed=3)
+    cfg.MODEL.DISTILL.TEACHER.WEIGHTS = path
+    model = build_model(cfg)
+    saved = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    for k, v in model.teacher.model.state_dict().items():
+        assert torch.equal(v, saved[k]), k
