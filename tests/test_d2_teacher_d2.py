@@ -513,3 +513,33 @@ def test_benchmark_random_teacher_writes_a_detectron2_teacher(env, tmp_path):
     saved = torch.load(path, map_location="cpu", weights_only=False)["model"]
     for k, v in model.teacher.model.state_dict().items():
         assert torch.equal(v, saved[k]), k
+
+
+def test_fpn_teacher_trains_with_train_net_then_distils(data_root, tmp_path):
+    """The synthetic R50-FPN teacher config holds only detectron2 keys: tools/train_net.py
+    trains it (detectron2's SemanticSegmentor on TextKD's loader), and its model_final.pth is
+    then the teacher of the repository's CWD student."""
+    env = H.subprocess_env(data_root)
+    common = ["MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 0]
+    common += ["SOLVER.MAX_ITER", 2, "DATASETS.TEST", "()"]
+    teacher_out = tmp_path / "teacher"
+    H.run_tool(
+        "train_net.py",
+        ["--config-file", REPO / TEACHERS["fpn"][1], *common, "OUTPUT_DIR", teacher_out],
+        env,
+    )
+    student_out = tmp_path / "student"
+    proc = H.run_tool(
+        "train_net.py",
+        [
+            "--config-file", REPO / student_config("fpn"), *common,
+            "MODEL.SEM_SEG_HEAD.CHANNELS", 32, "MODEL.SEM_SEG_HEAD.AUX_CHANNELS", 16,
+            "MODEL.DISTILL.TEACHER.WEIGHTS", teacher_out / "model_final.pth",
+            "OUTPUT_DIR", student_out,
+        ],
+        env,
+    )  # fmt: skip
+    assert "detectron2 teacher SemanticSegmentor" in proc.stdout + proc.stderr
+    rows = [r for r in H.read_metrics(student_out) if "total_loss" in r]
+    assert rows and all("loss_cwd_logits" in r for r in rows)
+    assert rows[-1]["iteration"] == 1
