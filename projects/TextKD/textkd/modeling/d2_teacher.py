@@ -51,6 +51,7 @@ __all__ = [
     "is_d2_teacher",
     "load_d2_teacher_config",
     "mask_classification_scores",
+    "padded_frame",
     "teacher_kind",
 ]
 
@@ -239,6 +240,15 @@ def _padded(size: int, divisibility: int) -> int:
     return int(math.ceil(size / divisibility) * divisibility) if divisibility > 1 else size
 
 
+def padded_frame(batched_inputs: Sequence[dict[str, Any]], divisibility: int) -> tuple[int, int]:
+    """(H, W) of the batch the images pad to (``ImageList.from_tensors``' rule)."""
+    sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]
+    return (
+        _padded(max(s[0] for s in sizes), divisibility),
+        _padded(max(s[1] for s in sizes), divisibility),
+    )
+
+
 # --------------------------------------------------------------------------- module
 
 
@@ -331,12 +341,7 @@ class D2Teacher(nn.Module):
                 f"the teacher ({self.config_file}) does not return detectron2's per-image "
                 "'sem_seg' output: it is not a semantic segmentation model"
             )
-        sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]
-        d = self._size_divisibility()
-        teacher_frame = (
-            _padded(max(s[0] for s in sizes), d),
-            _padded(max(s[1] for s in sizes), d),
-        )
+        teacher_frame = padded_frame(batched_inputs, self._size_divisibility())
         if self.logits_module:
             logits = _as_scores(
                 records[self.logits_module],

@@ -18,7 +18,6 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import ImageList
 from detectron2.utils import comm
 
 from ..distill.lad import label_code
@@ -26,7 +25,13 @@ from ..distill.terms import Distiller, parse_terms
 from ..distill.text_plugins import TextDistiller
 from ..text.bank import load_text_bank
 from .build import build_segmentor_from_cfg, resolve_norm
-from .d2_teacher import D2Teacher, build_d2_teacher, is_d2_teacher, load_d2_teacher_config
+from .d2_teacher import (
+    D2Teacher,
+    build_d2_teacher,
+    is_d2_teacher,
+    load_d2_teacher_config,
+    padded_frame,
+)
 from .meta_arch import (
     LADSettings,
     TextKDSemanticSegmentor,
@@ -288,11 +293,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
             if student_input is not None:
                 frame = tuple(student_input.shape[-2:])
             else:
-                frame = tuple(
-                    ImageList.from_tensors(
-                        [x["image"] for x in batched_inputs], self.size_divisibility
-                    ).tensor.shape[-2:]
-                )
+                frame = padded_frame(batched_inputs, self.size_divisibility)
             with _autocast(self.device, self.teacher_amp_dtype):
                 out = self.teacher(batched_inputs, frame)
             return out.float()
