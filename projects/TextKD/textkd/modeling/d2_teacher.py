@@ -133,8 +133,8 @@ def load_d2_teacher_config(cfg):
     except (KeyError, AssertionError) as e:  # yacs: unknown key in the file / in OPTS
         raise ValueError(
             f"teacher config {path!r} (+ MODEL.DISTILL.TEACHER.OPTS): {e}. A detectron2 "
-            "project config needs its project's keys: list the function that adds them in MODEL.DISTILL.TEACHER.CONFIG_HOOKS (e.g. "
-            "detectron2.projects.deeplab.add_deeplab_config)"
+            "project config needs its project's keys: list the function that adds them in "
+            "MODEL.DISTILL.TEACHER.CONFIG_HOOKS (e.g. detectron2.projects.deeplab.add_deeplab_config)"
         ) from e
     tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     return tcfg
@@ -177,8 +177,8 @@ def _input_format(cfg, tcfg, model: nn.Module) -> str:
     if fmt not in ("RGB", "BGR"):
         raise ValueError(
             f"teacher input format {fmt!r} (teacher config "
-            f"{cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE!r}) is not RGB or BGR: set MODEL.DISTILL.TEACHER.INPUT_FORMAT to the format the teacher "
-            "was trained on"
+            f"{cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE!r}) is not RGB or BGR: set "
+            "MODEL.DISTILL.TEACHER.INPUT_FORMAT to the format the teacher was trained on"
         )
     return fmt
 
