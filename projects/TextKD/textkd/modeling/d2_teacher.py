@@ -134,7 +134,8 @@ def load_d2_teacher_config(cfg):
         raise ValueError(
             f"teacher config {path!r} (+ MODEL.DISTILL.TEACHER.OPTS): {e}. A detectron2 "
             "project config needs its project's keys: list the function that adds them in "
-            "MODEL.DISTILL.TEACHER.CONFIG_HOOKS (e.g. detectron2.projects.deeplab.add_deeplab_config)"
+            "MODEL.DISTILL.TEACHER.CONFIG_HOOKS (e.g. "
+            "detectron2.projects.deeplab.add_deeplab_config)"
         ) from e
     tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     return tcfg
