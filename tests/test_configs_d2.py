@@ -29,12 +29,22 @@ from detectron2.modeling import build_model  # noqa: E402
 from textkd.config import add_textkd_config  # noqa: E402
 from textkd.distill.terms import DEFAULTS, parse_terms  # noqa: E402
 from textkd.engine import load_config  # noqa: E402
+from textkd.modeling.d2_teacher import check_teacher_classes  # noqa: E402
 from textkd.modeling.distill_arch import load_teacher_config  # noqa: E402
 from textkd.modeling.meta_arch import LADSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATOR = REPO / "tools" / "generate_configs.py"
-ALL_CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
+# detectron2 teacher configs (configs/<Dataset>/detectron2/teachers/) are detectron2's own yacs
+# files, not TextKD configs: tests/test_d2_teacher_d2.py loads them the way a distillation does
+D2_TEACHER_CONFIGS = sorted(
+    str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*/detectron2/teachers/*.yaml")
+)
+ALL_CONFIGS = sorted(
+    str(p.relative_to(REPO))
+    for p in (REPO / "configs").rglob("*.yaml")
+    if str(p.relative_to(REPO)) not in D2_TEACHER_CONFIGS
+)
 DISTILL_ARCH = "DistillSemanticSegmentor"
 
 # name parts -> what the config must build
@@ -175,7 +185,12 @@ def test_distillation_config(rel):
     tcfg = _teacher_cfg(rel)
     assert tcfg.MODEL.META_ARCHITECTURE != DISTILL_ARCH, f"{rel}: the teacher is a distillation"
     assert tcfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    assert tuple(tcfg.DATASETS.TRAIN) == tuple(cfg.DATASETS.TRAIN)
+    if str(teacher_file.relative_to(REPO)) in D2_TEACHER_CONFIGS:
+        # a detectron2 teacher may be trained under detectron2's builtin dataset name: the same
+        # classes in the same order (raises otherwise)
+        check_teacher_classes(cfg, list(tcfg.DATASETS.TRAIN), tcfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    else:
+        assert tuple(tcfg.DATASETS.TRAIN) == tuple(cfg.DATASETS.TRAIN)
     assert cfg.MODEL.DISTILL.TEACHER.WEIGHTS, f"{rel}: no teacher weights"
     specs = parse_terms(cfg.MODEL.DISTILL.TERMS)
     plugins = cfg.MODEL.DISTILL.TCD.WEIGHT > 0 or cfg.MODEL.DISTILL.TRD.WEIGHT > 0

@@ -277,12 +277,16 @@ def write_random_teacher(cfg, directory: str, name: str, seed: int) -> str:
     (``segmentor.*`` keys, the layout the strict teacher loader expects) and return its path.
     For benchmarking only."""
     from textkd.modeling.build import build_segmentor_from_cfg
+    from textkd.modeling.d2_teacher import build_d2_model, is_d2_teacher
     from textkd.modeling.distill_arch import load_teacher_config
 
     tcfg = load_teacher_config(cfg)
     torch.manual_seed(seed)
-    teacher = build_segmentor_from_cfg(tcfg)
     path = os.path.join(directory, f"random_teacher_{name.replace(os.sep, '_')}.pth")
+    if is_d2_teacher(cfg):  # a detectron2 teacher: its own state dict, as DetectionCheckpointer
+        torch.save({"model": build_d2_model(tcfg).state_dict()}, path)
+        return path
+    teacher = build_segmentor_from_cfg(tcfg)
     torch.save({"model": {f"segmentor.{k}": v for k, v in teacher.state_dict().items()}}, path)
     return path
 
@@ -307,11 +311,14 @@ def build_run(
     if run.distill and args.random_teacher:
         # the random teacher's weights all come from the checkpoint written below: its backbone
         # needs no ImageNet file
-        teacher_opts = list(cfg.MODEL.DISTILL.TEACHER.OPTS)
-        cfg.MODEL.DISTILL.TEACHER.OPTS = teacher_opts + ["MODEL.SEG_BACKBONE.PRETRAINED", ""]
+        from textkd.modeling.d2_teacher import is_d2_teacher
+
         teacher_cfg = cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE
         if teacher_cfg and not os.path.isfile(teacher_cfg):
             cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = _resolve_path(teacher_cfg)
+        if not is_d2_teacher(cfg):  # a detectron2 teacher's build reads no ImageNet file
+            teacher_opts = list(cfg.MODEL.DISTILL.TEACHER.OPTS)
+            cfg.MODEL.DISTILL.TEACHER.OPTS = teacher_opts + ["MODEL.SEG_BACKBONE.PRETRAINED", ""]
         cfg.MODEL.DISTILL.TEACHER.WEIGHTS = write_random_teacher(cfg, tmpdir, name, args.seed)
         run.random_teacher = True
     if args.random_text_bank and _needs_text_bank(cfg) and cfg.MODEL.TEXT_BANK.SOURCE == "clip":

@@ -75,6 +75,25 @@ def add_textkd_config(cfg: CN) -> None:
     _C.MODEL.DISTILL.TEACHER.WEIGHTS = ""
     _C.MODEL.DISTILL.TEACHER.OPTS = []  # KEY VALUE overrides of the teacher config
     _C.MODEL.DISTILL.TEACHER.AMP_DTYPE = ""  # "", "bf16" or "fp16"
+    # "auto": a TextKD teacher when CONFIG_FILE's META_ARCHITECTURE is one of TextKD's, otherwise
+    # (or for a LazyConfig .py) any detectron2 model with a "sem_seg" output; or force
+    # "textkd" / "detectron2". The keys below apply to detectron2 teachers only.
+    _C.MODEL.DISTILL.TEACHER.TYPE = "auto"
+    # dotted functions applied to detectron2's get_cfg() before the teacher yaml is merged (they
+    # add a project's keys; importing them registers its models), e.g.
+    # ["detectron2.projects.deeplab.add_deeplab_config"]
+    _C.MODEL.DISTILL.TEACHER.CONFIG_HOOKS = []
+    # module (a name of model.named_modules()) whose output are the class scores before the
+    # final upsampling, e.g. "sem_seg_head.predictor"; a Mask2Former-style output (dict with
+    # pred_logits and pred_masks) is turned into per-pixel scores like its semantic inference.
+    # "" = the model's own sem_seg output, resized to stride LOGITS_STRIDE (0/1: full size)
+    _C.MODEL.DISTILL.TEACHER.LOGITS_MODULE = ""
+    _C.MODEL.DISTILL.TEACHER.LOGITS_STRIDE = 8
+    # module whose output is the penultimate feature ("name:input" records its first input,
+    # e.g. "sem_seg_head.predictor:input"); "" = none (feature terms then cannot run)
+    _C.MODEL.DISTILL.TEACHER.FEATURE_MODULE = ""
+    # "RGB" / "BGR"; "" = the teacher config's INPUT.FORMAT
+    _C.MODEL.DISTILL.TEACHER.INPUT_FORMAT = ""
     # Named distillation terms; each key NAME reports loss_NAME. A term is a node with
     # METHOD (kd / cwd / skd / ifvd / cirkd / dist), INPUT (logits / feature / aux_logits),
     # WEIGHT (0 disables it), and the method's own parameters as upper-case keys, e.g.

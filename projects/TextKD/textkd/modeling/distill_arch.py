@@ -25,6 +25,13 @@ from ..distill.terms import Distiller, parse_terms
 from ..distill.text_plugins import TextDistiller
 from ..text.bank import load_text_bank
 from .build import build_segmentor_from_cfg, resolve_norm
+from .d2_teacher import (
+    D2Teacher,
+    build_d2_teacher,
+    is_d2_teacher,
+    load_d2_teacher_config,
+    padded_frame,
+)
 from .meta_arch import (
     LADSettings,
     TextKDSemanticSegmentor,
@@ -43,7 +50,8 @@ __all__ = ["DistillSemanticSegmentor", "build_teacher", "load_teacher_config"]
 
 
 def load_teacher_config(cfg):
-    """The teacher's own config: ``MODEL.DISTILL.TEACHER.CONFIG_FILE`` merged with ``.OPTS``."""
+    """The teacher's own config: ``MODEL.DISTILL.TEACHER.CONFIG_FILE`` merged with ``.OPTS``
+    (a detectron2 teacher's config is loaded by :mod:`.d2_teacher`)."""
     from detectron2.config import get_cfg
 
     from ..config import add_textkd_config
@@ -55,6 +63,8 @@ def load_teacher_config(cfg):
         raise FileNotFoundError(
             f"teacher config MODEL.DISTILL.TEACHER.CONFIG_FILE={path!r} not found"
         )
+    if is_d2_teacher(cfg):
+        return load_d2_teacher_config(cfg)
     tcfg = get_cfg()
     add_textkd_config(tcfg)
     tcfg.merge_from_file(path)
@@ -63,11 +73,14 @@ def load_teacher_config(cfg):
     return tcfg
 
 
-def build_teacher(cfg) -> tuple[Any, Segmentor]:
+def build_teacher(cfg) -> tuple[Any, Segmentor | D2Teacher]:
     """Build the teacher from its config and load ``MODEL.DISTILL.TEACHER.WEIGHTS`` strictly.
 
     A missing file, or a checkpoint with missing/unexpected/mis-shaped keys, is an error: a
-    distillation run never starts from a random teacher."""
+    distillation run never starts from a random teacher. A detectron2 teacher config gives a
+    :class:`~.d2_teacher.D2Teacher`."""
+    if cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE and is_d2_teacher(cfg):
+        return build_d2_teacher(cfg)
     tcfg = load_teacher_config(cfg)
     try:
         teacher = build_segmentor_from_cfg(tcfg)
@@ -154,7 +167,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
     def __init__(
         self,
         *,
-        teacher: Segmentor,
+        teacher: Segmentor | D2Teacher,
         teacher_pixel_mean: tuple[float, ...],
         teacher_pixel_std: tuple[float, ...],
         teacher_flip_channels: bool,
@@ -205,12 +218,23 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         student: Segmentor = ret["segmentor"]
         _check_class_counts(teacher, student, cfg)
         specs = parse_terms(cfg.MODEL.DISTILL.TERMS)
+        if isinstance(teacher, D2Teacher):
+            # a detectron2 teacher normalises its own input (D2Teacher.forward)
+            ret.update(
+                teacher_pixel_mean=cfg.MODEL.PIXEL_MEAN,
+                teacher_pixel_std=cfg.MODEL.PIXEL_STD,
+                teacher_flip_channels=teacher.flip_channels,
+                teacher_lad=None,
+            )
+        else:
+            ret.update(
+                teacher_pixel_mean=tcfg.MODEL.PIXEL_MEAN,
+                teacher_pixel_std=tcfg.MODEL.PIXEL_STD,
+                teacher_flip_channels=tcfg.INPUT.FORMAT != cfg.INPUT.FORMAT,
+                teacher_lad=LADSettings.from_cfg(tcfg),
+            )
         ret.update(
             teacher=teacher,
-            teacher_pixel_mean=tcfg.MODEL.PIXEL_MEAN,
-            teacher_pixel_std=tcfg.MODEL.PIXEL_STD,
-            teacher_flip_channels=tcfg.INPUT.FORMAT != cfg.INPUT.FORMAT,
-            teacher_lad=LADSettings.from_cfg(tcfg),
             teacher_amp_dtype=cfg.MODEL.DISTILL.TEACHER.AMP_DTYPE,
             distiller=Distiller(
                 specs,
@@ -225,6 +249,12 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         d = cfg.MODEL.DISTILL
         if d.TCD.WEIGHT > 0 or d.TRD.WEIGHT > 0 or d.TRD.MIMIC_WEIGHT > 0:
             name = d.TEXT.INPUT
+            if name not in teacher.output_channels:
+                raise ValueError(
+                    f"MODEL.DISTILL.TEXT.INPUT={name!r}: the teacher has no such output "
+                    f"(available: {list(teacher.output_channels)}); a detectron2 teacher records "
+                    "its feature from MODEL.DISTILL.TEACHER.FEATURE_MODULE"
+                )
             ret["text_distiller"] = TextDistiller(
                 build_text_embeddings(cfg),
                 student_channels=student.output_channels[name],
@@ -265,7 +295,16 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
     ) -> SegOutput:
         """Frozen teacher on its own normalisation (and the label code for a LAD teacher).
         ``student_input``, the student's normalised batch, is reused when both models normalise
-        alike instead of normalising and padding the batch a second time."""
+        alike instead of normalising and padding the batch a second time. A detectron2 teacher
+        runs its own inference; its maps are placed in the student's padded frame."""
+        if isinstance(self.teacher, D2Teacher):
+            if student_input is not None:
+                frame = tuple(student_input.shape[-2:])
+            else:
+                frame = padded_frame(batched_inputs, self.size_divisibility)
+            with _autocast(self.device, self.teacher_amp_dtype):
+                out = self.teacher(batched_inputs, frame)
+            return out.float()
         if student_input is not None and self.teacher_shares_input:
             x = student_input
         else:
@@ -312,7 +351,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         return losses
 
 
-def _check_class_counts(teacher: Segmentor, student: Segmentor, cfg=None) -> None:
+def _check_class_counts(teacher: Segmentor | D2Teacher, student: Segmentor, cfg=None) -> None:
     """ValueError when teacher and student predict different numbers of classes (checked before
     the distillation terms are built, so the message names the configs, not a term)."""
     if teacher.num_classes == student.num_classes:

@@ -13,14 +13,15 @@ class SegOutput:
 
     Attributes:
         logits: main class scores, N×K×h×w (stride 8 for OS8 models, before upsampling).
-        feature: the penultimate decoder feature the logits are computed from, N×C×h×w.
+        feature: the penultimate decoder feature the logits are computed from, N×C×h×w (None
+            for a detectron2 teacher without a named feature module).
         aux_logits: scores of the auxiliary FCN head on the stage before the last, or None.
         extras: model-specific tensors used only by training losses (for example STDC's detail
             logits or OCRNet's soft-region logits); distillers ignore keys they do not know.
     """
 
     logits: torch.Tensor
-    feature: torch.Tensor
+    feature: torch.Tensor | None
     aux_logits: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -32,9 +33,9 @@ class SegOutput:
         else:
             value = self.extras.get(name)
         if value is None:
-            choices = ["logits", "feature"] + (
-                ["aux_logits"] if self.aux_logits is not None else []
-            )
+            choices = [
+                k for k in ("logits", "feature", "aux_logits") if getattr(self, k) is not None
+            ]
             raise KeyError(
                 f"model output has no '{name}'; available: {choices + list(self.extras)}"
             )
@@ -44,7 +45,7 @@ class SegOutput:
         """The same record in float32 (after autocast); float32 tensors are returned as they are."""
         return SegOutput(
             logits=self.logits.float(),
-            feature=self.feature.float(),
+            feature=None if self.feature is None else self.feature.float(),
             aux_logits=None if self.aux_logits is None else self.aux_logits.float(),
             extras={k: v.float() for k, v in self.extras.items()},
         )
