@@ -9,9 +9,9 @@
 # the local cache), else open_clip's cached `openai` weights. Without them the text bank is the
 # `random` control (MODEL.TEXT_BANK.SOURCE random) and the table says so.
 #
-# Everything runs on the CPU when no GPU is present; two runs share the cores at a time, one torch
-# thread each. Progress (iteration, ETA, loss) is printed every ~15 s. Outputs go to
-# $TEXTKD_DEMO_OUT (output/demo): one folder and one log per run.
+# Everything runs on the CPU when no GPU is present; two runs share the cores at a time (one torch
+# thread each, two for the teacher). Progress (iteration, ETA, loss) is printed every ~15 s.
+# Outputs go to $TEXTKD_DEMO_OUT (output/demo): one folder and one log per run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 T_START=$SECONDS
@@ -63,11 +63,12 @@ fi
 
 # ---------------------------------------------------------------- runs
 declare -A PIDS START
-start() { # name, then train_net arguments: one run in the background, one torch thread
+start() { # name, then train_net arguments: one run in the background ($THREADS torch threads)
   local name=$1
   shift
   echo "[demo] $name: tools/train_net.py $* OUTPUT_DIR $OUT/$name"
-  OMP_NUM_THREADS=1 "$py" tools/train_net.py "$@" OUTPUT_DIR "$OUT/$name" >"$OUT/$name.log" 2>&1 &
+  OMP_NUM_THREADS=${THREADS:-1} "$py" tools/train_net.py "$@" OUTPUT_DIR "$OUT/$name" \
+    >"$OUT/$name.log" 2>&1 &
   PIDS[$name]=$!
   START[$name]=$SECONDS
 }
@@ -112,8 +113,9 @@ trap 'kill "${PIDS[@]}" 2>/dev/null || true' INT TERM
 
 CFG=configs/Synthetic
 TEACHER="$OUT/teacher/model_final.pth"
-# 1. the teacher (400 iterations) beside the baseline student (300): they do not depend on each other
-start teacher --config-file $CFG/deeplabv3_r50_teacher.yaml
+# 1. the teacher (400 iterations, two threads: the longest run) beside the baseline student (300):
+#    they do not depend on each other
+THREADS=2 start teacher --config-file $CFG/deeplabv3_r50_teacher.yaml
 start student_baseline --config-file $CFG/deeplabv3_r18_baseline.yaml
 wait_runs teacher student_baseline
 # 2. the two distilled students, side by side
