@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# make tools/ and datasets/ scripts importable from tests
-for sub in ("tools", "datasets"):
-    p = str(ROOT / sub)
+# make tools/ and datasets/ scripts and the benchmarks/ package importable from tests
+for p in (str(ROOT / "tools"), str(ROOT / "datasets"), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 

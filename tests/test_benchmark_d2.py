@@ -14,7 +14,8 @@ import pytest
 pytestmark = pytest.mark.detectron2
 
 import torch  # noqa: E402
-from textkd import benchmark as B  # noqa: E402
+
+from benchmarks import measure as B  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = ROOT / "configs" / "Synthetic"

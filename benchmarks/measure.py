@@ -18,7 +18,7 @@ Memory:
 - :func:`state_nbytes`: bytes held by an object's arrays and tensors (an evaluator's state).
 
 Loss micro-benchmarks (each vectorised implementation against the loop reference of
-``textkd.distill.reference``, same inputs, same run): :func:`bench_noise_labels`,
+``benchmarks.reference``, same inputs, same run): :func:`bench_noise_labels`,
 :func:`bench_ifvd`, :func:`bench_cirkd`; :func:`bench_eval_memory` feeds fake predictions to an
 evaluator and records its state size. :data:`TARGETS` holds the figures the tool reports against.
 """
@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from textkd.distill.lad import noise_labels
+from textkd.distill.losses import cirkd_pixel_pairs, ifvd
+from textkd.evaluation.metrics import ConfusionMatrix
 
-from .distill.lad import noise_labels
-from .distill.losses import cirkd_pixel_pairs, ifvd
-from .distill.reference import cirkd_pixel_pairs_loop, ifvd_loop, noise_labels_loop
-from .evaluation.metrics import ConfusionMatrix
+from .reference import cirkd_pixel_pairs_loop, ifvd_loop, noise_labels_loop
 
 logger = logging.getLogger(__name__)
 
