@@ -154,3 +154,22 @@ def test_every_core_module_imports_in_a_fresh_interpreter():
     )
     if proc.returncode != 0:
         pytest.fail(f"a core module does not import on its own:\n{proc.stderr[-3000:]}")
+
+
+def test_library_does_not_import_benchmarks_or_tests():
+    """The benchmarks (timers, loop references) live outside the library: no textkd module
+    imports the top-level ``benchmarks`` package (or the test helpers)."""
+    offenders = []
+    for name, path in _modules(PACKAGE_DIR).items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            mods = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                mods = [node.module]
+            offenders += [
+                f"{name}: {m}" for m in mods if m.split(".")[0] in ("benchmarks", "_d2_helpers")
+            ]
+    assert not offenders, offenders
+    assert not (PACKAGE_DIR / "benchmark.py").exists()
+    assert not (PACKAGE_DIR / "distill" / "reference.py").exists()
