@@ -13,8 +13,8 @@
 * :func:`tiny_clip_checkpoint` registers a tiny open_clip architecture and saves it with random
   weights to a local file (nothing is downloaded).
 
-Import this module only from detectron2-marked test modules, after
-``pytest.importorskip("detectron2")``.
+Import this module only from detectron2-marked test modules (``tests/test_*_d2.py``, which
+``conftest.py`` skips when detectron2 is absent) or lazily, as ``conftest.py``'s fixtures do.
 """
 
 from __future__ import annotations

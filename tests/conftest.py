@@ -1,8 +1,17 @@
 """Shared pytest setup.
 
-Tests that need detectron2 are marked ``detectron2``. They skip when it is absent, except when
-``TEXTKD_REQUIRE_DETECTRON2=1`` (set by ``scripts/test.sh`` and so by CI): then a missing or broken
-detectron2 stops the run at once instead of skipping a thousand tests quietly.
+Tests that need detectron2 live in ``tests/test_*_d2.py`` modules marked ``detectron2``
+(``pytestmark = pytest.mark.detectron2``). This file is the one place that skips them when
+detectron2 is absent or broken: such a module is not imported at all (it imports detectron2 at
+module level) but reported as one skipped module, as ``pytest.importorskip`` would, and any other
+test marked ``detectron2`` is skipped. With ``TEXTKD_REQUIRE_DETECTRON2=1`` (set by
+``scripts/test.sh`` and so by CI) a missing or broken detectron2 stops the run at once instead of
+skipping a thousand tests quietly.
+
+Fixtures shared by the detectron2 modules: ``single_thread`` (module-scoped, autouse in modules
+marked ``detectron2``: torch runs single-threaded) and ``data_root`` (module-scoped: the
+synthetic dataset generated once per session, with the tiny splits registered). Both import
+``tests/_d2_helpers.py`` lazily, so a run without detectron2 still collects.
 """
 
 import os
@@ -12,9 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# make tools/ and datasets/ scripts importable from tests
-for sub in ("tools", "datasets"):
-    p = str(ROOT / sub)
+# make tools/ and datasets/ scripts and the benchmarks/ package importable from tests
+for p in (str(ROOT / "tools"), str(ROOT / "datasets"), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
@@ -53,7 +61,7 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     found = getattr(config, "_textkd_detectron2", None)
-    return f"detectron2: {found or 'not installed (tests marked detectron2 are skipped)'}"
+    return f"detectron2: {found or 'not installed (the test_*_d2.py modules are skipped)'}"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -63,3 +71,44 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "detectron2" in item.keywords:
             item.add_marker(skip)
+
+
+class _SkippedDetectron2Module(pytest.Module):
+    """A ``test_*_d2.py`` module when detectron2 does not work: never imported, reported as one
+    skipped module."""
+
+    def collect(self):
+        pytest.skip("detectron2 is not installed", allow_module_level=True)
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    if (
+        module_path.name.endswith("_d2.py")
+        and getattr(parent.config, "_textkd_detectron2", 0) is None
+    ):
+        return _SkippedDetectron2Module.from_parent(parent, path=module_path)
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread(request):
+    """Torch single-threaded for the whole module, in modules marked ``detectron2`` (on a few
+    shared CPU cores several threads per process are many times slower than one)."""
+    if request.node.get_closest_marker("detectron2") is None:
+        yield
+        return
+    import _d2_helpers as H
+
+    with H.one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """The synthetic dataset root (generated once per session) with the tiny splits
+    ``textkd_synthetic_tiny_{train,val}_sem_seg`` registered."""
+    import _d2_helpers as H
+
+    root = H.synthetic_root(tmp_path_factory)
+    H.register_tiny(root)
+    return root

@@ -1,4 +1,4 @@
-"""Framework-free parts of the benchmark (textkd.benchmark): timing summaries, memory helpers,
+"""Framework-free parts of the benchmark (benchmarks.measure): timing summaries, memory helpers,
 the loss micro-benchmarks' records on tiny sizes and the evaluator-memory measurement."""
 
 import math
@@ -7,7 +7,8 @@ import statistics
 import numpy as np
 import pytest
 import torch
-from textkd import benchmark as B
+
+from benchmarks import measure as B
 
 # --------------------------------------------------------------------------- timing
 

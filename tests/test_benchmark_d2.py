@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import torch  # noqa: E402
-from textkd import benchmark as B  # noqa: E402
+
+from benchmarks import measure as B  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = ROOT / "configs" / "Synthetic"

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import torch  # noqa: E402

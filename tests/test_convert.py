@@ -372,3 +372,19 @@ def test_stdc_imagenet_checkpoint(tmp_path):
         a, b = ours(x), src(x)
     for k in ("res2", "res3", "res4", "res5"):
         assert torch.equal(a[k], b[k]), k
+
+
+def test_compare_state_dicts_is_the_one_strict_key_match():
+    """weights.compare_state_dicts, which the backbone loader, the converter and the segmentor
+    loader all use: missing, unexpected and mis-shaped keys, in order; short_list cuts long lists.
+    """
+    from textkd.modeling.weights import compare_state_dicts, short_list
+
+    own = {"a": torch.zeros(2), "b": torch.zeros(3, 1), "c": torch.zeros(1)}
+    state = {"b": torch.zeros(3, 2), "a": torch.zeros(2), "x": torch.zeros(1)}
+    missing, unexpected, mismatched = compare_state_dicts(state, own)
+    assert missing == ["c"] and unexpected == ["x"]
+    assert mismatched == [("b", (3, 2), (3, 1))]
+    assert compare_state_dicts(own, own) == ([], [], [])
+    assert short_list([f"k{i}" for i in range(5)], 3) == "k0, k1, k2, ... (5 in all)"
+    assert short_list(["k0", "k1"], 3) == "k0, k1"

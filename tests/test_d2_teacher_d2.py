@@ -19,7 +19,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
@@ -50,19 +49,6 @@ TEACHERS = {
 }
 EXAMPLES = sorted(str(p.relative_to(REPO)) for p in REPO.glob("configs/*/detectron2/*.yaml"))
 TEMPLATES = ["a photo of a {}."]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with H.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = H.synthetic_root(tmp_path_factory)
-    H.register_tiny(root)
-    return root
 
 
 @pytest.fixture(scope="module")

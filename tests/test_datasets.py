@@ -26,7 +26,7 @@ from textkd.data.datasets.coco_stuff import (
     load_coco_stuff_164k,
     read_cocostuff10k_mat,
 )
-from textkd.data.datasets.common import DatasetNotPreparedError, read_label_png
+from textkd.data.datasets.common import DatasetNotPreparedError, read_label, read_label_png
 from textkd.data.datasets.voc import load_voc
 
 H, W = 6, 8  # tiny images
@@ -510,6 +510,25 @@ def test_corrupt_label_file_names_path(tmp_path):
         read_label_png(str(p))
     with pytest.raises(FileNotFoundError, match="y.png"):
         read_label_png(str(tmp_path / "y.png"))
+    with pytest.raises(ValueError, match="x.png"):
+        read_label(str(p))
+
+
+def test_read_label_is_uint8_of_stored_values(tmp_path):
+    """read_label (the one reader of the mapper and tools/predict.py): a palette PNG keeps its
+    indices, a 16-bit PNG whose values fit 0..255 becomes uint8, wider values are an error naming
+    the file."""
+    pal = Image.fromarray(np.array([[0, 3], [255, 7]], np.uint8), mode="P")
+    pal.putpalette([v for i in range(256) for v in (i, 255 - i, 0)])
+    pal.save(tmp_path / "pal.png")
+    got = read_label(str(tmp_path / "pal.png"))
+    assert got.dtype == np.uint8 and got.tolist() == [[0, 3], [255, 7]]
+    Image.fromarray(np.array([[1, 255]], np.uint16)).save(tmp_path / "w16.png")
+    got = read_label(str(tmp_path / "w16.png"))
+    assert got.dtype == np.uint8 and got.tolist() == [[1, 255]]
+    Image.fromarray(np.array([[1, 300]], np.uint16)).save(tmp_path / "big.png")
+    with pytest.raises(ValueError, match=r"big.png has values outside 0..255"):
+        read_label(str(tmp_path / "big.png"))
 
 
 # ---------------------------------------------------------------- prepare-script command line

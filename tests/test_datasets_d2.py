@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import torch  # noqa: E402

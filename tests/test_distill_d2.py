@@ -12,7 +12,6 @@ import shutil
 import pytest
 import torch
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
@@ -45,19 +44,6 @@ METHODS = {
 }
 # terms on the penultimate feature: student 32 channels (tiny_opts), teacher 48 -> an adapter
 ADAPTED = {"cwd": ["cwd_feature"], "skd": ["skd"], "ifvd": ["ifvd"], "cirkd": ["cirkd"]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with H.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = H.synthetic_root(tmp_path_factory)
-    H.register_tiny(root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402

@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
@@ -28,19 +27,6 @@ LAD_KEYS = {
     "loss_aux_path2",
     "loss_consistency",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with H.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = H.synthetic_root(tmp_path_factory)
-    H.register_tiny(root)
-    return root
 
 
 @pytest.fixture(scope="module")

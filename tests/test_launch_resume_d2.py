@@ -16,7 +16,6 @@ from datetime import timedelta
 import pytest
 import torch
 
-pytest.importorskip("detectron2")
 open_clip = pytest.importorskip("open_clip")
 pytestmark = pytest.mark.detectron2
 
@@ -28,19 +27,6 @@ from textkd.engine import TextKDCheckpointer  # noqa: E402
 from textkd.text.bank import load_text_bank  # noqa: E402
 
 TEMPLATES = ["a photo of a {}.", "there is a {} in the scene."]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with H.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = H.synthetic_root(tmp_path_factory)
-    H.register_tiny(root)
-    return root
 
 
 def distill_config(path, teacher_cfg, teacher_weights, clip, cache_dir, tcd=3.0, trd=1.0) -> str:

@@ -1,5 +1,5 @@
 """Distillation loss functions (textkd.distill.losses) against hand computations and the loop
-references of textkd.distill.reference. Pure PyTorch, no detectron2."""
+references of benchmarks.reference. Pure PyTorch, no detectron2."""
 
 import math
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from textkd.distill import losses as L
-from textkd.distill import reference as R
+
+from benchmarks import reference as R
 
 # --------------------------------------------------------------------------- hand references
 # Written with Python floats and explicit loops over tiny tensors, independent of the library.

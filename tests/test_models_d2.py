@@ -2,7 +2,6 @@
 
 import pytest
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import torch  # noqa: E402

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from textkd.modeling.backbones import available_backbones, build_backbone
+from textkd.modeling.losses import segmentation_losses
 from textkd.modeling.ocrnet import OCRHead, ocr_region_loss
 from textkd.modeling.outputs import SegOutput
 from textkd.modeling.segmentor import available_heads, build_segmentor
 from textkd.modeling.stdc import (
     STDCHead,
     detail_targets,
-    extra_task_losses,
     stdc_detail_loss,
 )
 
@@ -53,7 +53,7 @@ def test_ocrnet_record_shapes_and_stride(backbone):
     assert model.head.out_channels == 256 and model.head.key_channels == 128
     # the region branch learns from the region loss
     y = torch.randint(0, K, (2, 64, 48))
-    extra_task_losses(out, y)["loss_ocr_regions"].backward()
+    segmentation_losses(out, y, head=model.head)["loss_ocr_regions"].backward()
     grad = model.head.soft_region.block[0].weight.grad
     assert grad is not None and grad.abs().sum() > 0
 
@@ -138,7 +138,13 @@ def test_ocr_region_loss_is_weighted_ce():
     expected = 0.4 * (-(picked[valid]).mean())
     got = ocr_region_loss(out, y, weight=0.4)["loss_ocr_regions"]
     torch.testing.assert_close(got, expected)
-    assert extra_task_losses(out, y, aux_weight=0.4).keys() == {"loss_ocr_regions"}
+    head = OCRHead(8, K, channels=8, key_channels=4, region_in_channels=8, region_channels=4)
+    assert head.losses(out, y, aux_weight=0.4).keys() == {"loss_ocr_regions"}
+    torch.testing.assert_close(head.losses(out, y, aux_weight=0.4)["loss_ocr_regions"], expected)
+    # the task loss adds the head's own loss (none without the head)
+    task = segmentation_losses(out, y, aux_weight=0.4, head=head)
+    assert task.keys() == {"loss_sem_seg", "loss_ocr_regions"}
+    assert segmentation_losses(out, y).keys() == {"loss_sem_seg"}
     assert ocr_region_loss(out, y, weight=0.0) == {}
 
 
@@ -292,7 +298,7 @@ def test_detail_loss_upsamples_and_ignores():
     assert stdc_detail_loss(d, torch.full((2, 16, 16), 255)).item() == 0.0
 
 
-def test_extra_task_losses_detail_weight():
+def test_stdc_head_losses_detail_weight():
     d = torch.randn(1, 1, 8, 8)
     out = SegOutput(
         logits=torch.randn(1, K, 8, 8),
@@ -300,11 +306,15 @@ def test_extra_task_losses_detail_weight():
         extras={"detail_logits": d},
     )
     y = _block_label()
-    losses = extra_task_losses(out, y, detail_weight=2.0)
+    head = STDCHead(8, 16, 32, K, channels=8, context_channels=8, detail_channels=4)
+    losses = head.losses(out, y, detail_weight=2.0)
     torch.testing.assert_close(losses["loss_detail"], 2.0 * stdc_detail_loss(d, y))
-    assert extra_task_losses(out, y, detail_weight=0.0) == {}
+    assert head.losses(out, y, detail_weight=0.0) == {}
     plain = SegOutput(logits=out.logits, feature=out.feature)
-    assert extra_task_losses(plain, y) == {}
+    assert head.losses(plain, y) == {}
+    task = segmentation_losses(out, y, detail_weight=2.0, head=head)
+    assert task.keys() == {"loss_sem_seg", "loss_detail"}
+    torch.testing.assert_close(task["loss_detail"], losses["loss_detail"])
 
 
 def test_detail_loss_bad_shapes():

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import torch  # noqa: E402
@@ -214,3 +213,52 @@ def test_converted_cirkd_checkpoint_loads_as_model_weights(tmp_path):
     back = to_cirkd_state_dict(model.segmentor.state_dict())
     assert all(torch.equal(back[k], v) for k, v in source.items())
     assert model.pixel_std.flatten().tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "settings, key",
+    [
+        (
+            {
+                "MODEL.SEM_SEG_HEAD.NAME": "TextKDOCRHead",
+                "MODEL.SEG_BACKBONE.ARCH": "resnet18v1s",
+                "MODEL.SEM_SEG_HEAD.CHANNELS": 32,
+                "MODEL.SEM_SEG_HEAD.OCR_KEY_CHANNELS": 16,
+                "MODEL.SEM_SEG_HEAD.AUX": False,
+            },
+            "loss_ocr_regions",
+        ),
+        (
+            {
+                "MODEL.SEM_SEG_HEAD.NAME": "TextKDSTDCHead",
+                "MODEL.SEG_BACKBONE.ARCH": "stdc1",
+                "MODEL.SEG_BACKBONE.OUTPUT_STRIDE": 32,
+                "MODEL.SEM_SEG_HEAD.CHANNELS": 32,
+                "MODEL.SEM_SEG_HEAD.AUX_CHANNELS": 32,
+            },
+            "loss_detail",
+        ),
+    ],
+)
+def test_training_step_reports_the_heads_own_loss(settings, key):
+    """The meta-architecture's task loss calls the head's ``losses()``: the training step of an
+    OCRNet / STDC model reports that head's loss, equal to ``head.losses`` on the same output."""
+    cfg = _cfg(**settings)
+    cfg.MODEL.META_ARCHITECTURE = "TextKDSemanticSegmentor"
+    model = build_model(cfg)
+    model.train()
+    torch.manual_seed(0)
+    image = (torch.rand(3, 64, 64) * 255).to(torch.uint8)
+    label = torch.randint(0, K, (64, 64))
+    batch = [{"image": image, "sem_seg": label, "height": 64, "width": 64}] * 2
+    losses = model(batch)
+    assert key in losses and torch.isfinite(losses[key]) and losses[key] > 0
+    # the same value from the head itself, on an output of the same (seeded) forward
+    images, targets = model.preprocess(batch, need_targets=True)
+    out = model.run_segmentor(images.tensor, with_aux=True)
+    own = model.segmentor.head.losses(
+        out, targets, aux_weight=model.aux_weight, detail_weight=model.detail_weight
+    )
+    assert set(own) == {key}
+    again = model.task_losses(out, targets)
+    torch.testing.assert_close(again[key], own[key])

@@ -9,7 +9,6 @@ import math
 
 import pytest
 
-pytest.importorskip("detectron2")
 pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
 
 import _d2_helpers as H  # noqa: E402
@@ -18,11 +17,6 @@ MODELS = {
     "ocrnet": ("ocrnet_r18_baseline.yaml", "loss_ocr_regions"),
     "stdc": ("stdc1_baseline.yaml", "loss_detail"),
 }
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return H.synthetic_root(tmp_path_factory)
 
 
 def _opts(out, max_iter=3):

@@ -10,7 +10,6 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
@@ -20,12 +19,6 @@ from textkd.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
 from textkd.report import read_run  # noqa: E402
 
 BASELINE = str(H.SYNTH_CONFIGS / "deeplabv3_r18_baseline.yaml")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with H.one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

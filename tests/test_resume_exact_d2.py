@@ -15,7 +15,6 @@ from datetime import timedelta
 import pytest
 import torch
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
@@ -25,19 +24,6 @@ BASELINE = str(H.SYNTH_CONFIGS / "deeplabv3_r18_baseline.yaml")
 LAD_TEACHER = str(H.SYNTH_CONFIGS / "deeplabv3_r18_lad_teacher.yaml")  # noised label input
 MAX_ITER, PERIOD = 6, 3  # checkpoints after iterations 2 and 5; resume from the first
 MIDDLE = f"model_{PERIOD - 1:07d}.pth"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with H.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = H.synthetic_root(tmp_path_factory)
-    H.register_tiny(root)
-    return root
 
 
 def _opts(out, workers: int, batch: int = 2, seed: int = 0) -> list[str]:

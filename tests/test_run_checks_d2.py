@@ -14,7 +14,6 @@ import time
 import pytest
 import torch
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
@@ -24,19 +23,6 @@ from textkd.run_lock import LOCK_NAME  # noqa: E402
 BASELINE = str(H.SYNTH_CONFIGS / "deeplabv3_r18_baseline.yaml")
 TRAIN = "textkd_synthetic_train_sem_seg"
 VAL = "textkd_synthetic_val_sem_seg"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with H.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = H.synthetic_root(tmp_path_factory)
-    H.register_tiny(root)
-    return root
 
 
 def _opts(out, **kw):

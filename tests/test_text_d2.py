@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("detectron2")
 open_clip = pytest.importorskip("open_clip")
 pytestmark = pytest.mark.detectron2
 
@@ -34,19 +33,6 @@ PLUGINS = {
     "trd": ((0.0, 1.0), {"loss_text_probe", "loss_trd"}),
     "tcd_trd": ((3.0, 1.0), {"loss_text_probe", "loss_tcd", "loss_trd"}),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with H.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = H.synthetic_root(tmp_path_factory)
-    H.register_tiny(root)
-    return root
 
 
 @pytest.fixture(scope="module")

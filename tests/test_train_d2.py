@@ -10,7 +10,6 @@ import os
 import pytest
 import torch
 
-pytest.importorskip("detectron2")
 pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
@@ -23,19 +22,6 @@ from textkd.evaluation.cityscapes_evaluation import TextKDCityscapesSemSegEvalua
 from textkd.evaluation.sem_seg_evaluation import TextKDSemSegEvaluator  # noqa: E402
 
 BASELINE = str(H.SYNTH_CONFIGS / "deeplabv3_r18_baseline.yaml")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    with H.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = H.synthetic_root(tmp_path_factory)
-    H.register_tiny(root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -45,9 +45,11 @@ from typing import Any
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(ROOT, "projects", "TextKD"))
+sys.path.insert(0, ROOT)  # the benchmarks/ package
 
 import torch  # noqa: E402
-from textkd import benchmark as B  # noqa: E402
+
+from benchmarks import measure as B  # noqa: E402
 
 logger = logging.getLogger("textkd.tools.benchmark")
 

@@ -74,12 +74,6 @@ def read_rgb(path: str) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {e}") from None
 
 
-def read_label(path: str) -> np.ndarray:
-    from textkd.data.mapper import read_label as _read
-
-    return _read(path)
-
-
 class Predictor:
     """The student (and teacher) and the class names/colours; writes one input's outputs."""
 
@@ -135,6 +129,8 @@ class Predictor:
         for cand in (stem, os.path.splitext(os.path.basename(path))[0]):
             f = os.path.join(self.args.labels, cand + ".png")
             if os.path.isfile(f):
+                from textkd.data.datasets.common import read_label
+
                 gt = read_label(f)
                 if gt.shape != tuple(shape):
                     raise ValueError(

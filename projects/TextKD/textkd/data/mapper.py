@@ -21,34 +21,13 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
-from PIL import Image
 
 from . import transforms as T
+from .datasets.common import IGNORE_LABEL, read_label
 
 logger = logging.getLogger(__name__)
 
-IGNORE_LABEL = 255
-
 __all__ = ["TextKDSemSegDatasetMapper", "read_label"]
-
-
-def read_label(path: str) -> np.ndarray:
-    """Read a label PNG as stored (``np.asarray(Image.open(path))``: palette images keep their
-    indices, never converted to luminance). Errors name the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"label file {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            label = np.asarray(im)
-    except Exception as e:
-        raise ValueError(f"cannot read label file {path}: {e}") from e
-    if label.ndim != 2:
-        raise ValueError(f"label file {path} has shape {label.shape}; expected a single channel")
-    if label.dtype != np.uint8:
-        if label.size and (label.min() < 0 or label.max() > 255):
-            raise ValueError(f"label file {path} has values outside 0..255 (dtype {label.dtype})")
-        label = label.astype(np.uint8)
-    return label
 
 
 def _read_image(path: str, image_format: str) -> np.ndarray:

@@ -33,6 +33,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
+from .datasets.common import IGNORE_LABEL
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -67,7 +69,6 @@ SYNTHETIC_COLORS: list[tuple[int, int, int]] = [
     (220, 20, 60),  # person
 ]
 SKY, GRASS, ROAD, WATER, BUILDING, TREE, CAR, PERSON = range(len(SYNTHETIC_CLASSES))
-IGNORE = 255
 
 SYNTHETIC_DIRNAME = "textkd_synthetic"
 GENERATOR_VERSION = 1
@@ -84,7 +85,7 @@ class _Canvas:
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
         self.yy, self.xx = yy, xx
         self.img = np.zeros((size, size, 3), np.float32)
-        self.lab = np.full((size, size), IGNORE, np.uint8)
+        self.lab = np.full((size, size), IGNORE_LABEL, np.uint8)
         self.ground = np.ones((size, size), bool)  # below the (tilted) horizon line
         self.slope = 0.0  # horizon tilt (rows per column)
 
@@ -388,8 +389,8 @@ def render_scene(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray,
     for _ in range(rng.choice(3, p=[0.6, 0.3, 0.1])):  # thin unlabelled poles
         x = rng.uniform(0, size)
         pole = _rect(c, rng.uniform(0.05, 0.5) * size, rng.uniform(0.6, 1.0) * size, x, x + 1.5)
-        c.paint(pole, _hsv(0, 0, rng.uniform(0.1, 0.6)), IGNORE)
-    c.lab[ignore & (c.lab != IGNORE)] = IGNORE
+        c.paint(pole, _hsv(0, 0, rng.uniform(0.1, 0.6)), IGNORE_LABEL)
+    c.lab[ignore & (c.lab != IGNORE_LABEL)] = IGNORE_LABEL
 
     img = c.img * rng.uniform(0.7, 1.2) + rng.uniform(-0.05, 0.05, size=3).astype(np.float32)
     img = img + rng.uniform(0.01, 0.05) * rng.standard_normal(img.shape).astype(np.float32)

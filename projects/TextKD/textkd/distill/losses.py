@@ -12,7 +12,7 @@ scalar, and
   so that at most one pair's hw×hw similarity map is alive at a time, also during backward).
 
 Straightforward loop versions that follow the reference code bases live in
-``textkd.distill.reference``; the tests check that both agree.
+``benchmarks.reference`` (outside the library); the tests check that both agree.
 """
 
 from __future__ import annotations

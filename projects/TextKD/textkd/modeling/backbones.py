@@ -24,7 +24,13 @@ import torch
 import torch.nn as nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .weights import CheckpointFileError, check_checkpoint_file, load_checkpoint_file
+from .weights import (
+    CheckpointFileError,
+    check_checkpoint_file,
+    compare_state_dicts,
+    load_checkpoint_file,
+    short_list,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -423,11 +429,6 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _short(keys: list[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def load_pretrained(
     backbone: SegBackbone, path: str, extra_chans_init_std: float | None = None
 ) -> None:
@@ -487,23 +488,18 @@ def load_pretrained(
                     std,
                 )
 
-    missing = [
-        k for k in own if k not in ckpt and not k.endswith("num_batches_tracked")
-    ]  # old checkpoints have no num_batches_tracked
-    unexpected = [k for k in ckpt if k not in own]
-    mismatched = [
-        f"{k}: checkpoint {tuple(ckpt[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in ckpt
-        if k in own and ckpt[k].shape != own[k].shape
-    ]
+    missing, unexpected, mismatched = compare_state_dicts(ckpt, own)
+    # old checkpoints have no num_batches_tracked
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    mismatched = [f"{k}: checkpoint {cs} vs model {ms}" for k, cs, ms in mismatched]
     if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(f"missing keys: {_short(missing)}")
+            parts.append(f"missing keys: {short_list(missing, 20)}")
         if unexpected:
-            parts.append(f"unexpected keys: {_short(unexpected)}")
+            parts.append(f"unexpected keys: {short_list(unexpected, 20)}")
         if mismatched:
-            parts.append(f"shape mismatches: {_short(mismatched)}")
+            parts.append(f"shape mismatches: {short_list(mismatched, 20)}")
         raise ValueError(
             f"pretrained weights '{path}' do not fit backbone '{backbone.arch}' "
             f"(in_chans={backbone.in_chans}): " + "; ".join(parts)

@@ -39,7 +39,7 @@ import torch
 
 from .backbones import build_backbone, unwrap_state_dict
 from .stdc import STDC_LAYERS  # also registers the stdc1/stdc2 backbones
-from .weights import load_checkpoint_file
+from .weights import compare_state_dicts, load_checkpoint_file, short_list
 
 logger = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ def infer_cirkd_model(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     if other:
         raise ValueError(
             "only CIRKD models on ResNetV1b backbones (deeplabv3/psp with resnet18/50/101) are "
-            f"supported; backbone keys of another kind: {_short(other)}"
+            f"supported; backbone keys of another kind: {short_list(other)}"
         )
     deep_stem = "pretrained.conv2.weight" in state
     depth = _resnet_depth(state, "pretrained.")
@@ -440,10 +440,6 @@ def infer_cirkd_model(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- checking
 
 
-def _short(items: list[str], limit: int = 12) -> str:
-    return ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-
-
 def check_state_dict(
     converted: Mapping[str, torch.Tensor],
     expected: Mapping[str, torch.Tensor],
@@ -459,23 +455,19 @@ def check_state_dict(
     def name(k: str) -> str:
         return f"{k} (from {source_of[k]})" if k in source_of else k
 
-    missing = [k for k in expected if k not in converted]
+    missing, unexpected, mismatched = compare_state_dicts(converted, expected)
     fill = [k for k in missing if k.endswith("num_batches_tracked")]
     missing = [k for k in missing if k not in fill]
-    unexpected = [name(k) for k in converted if k not in expected]
-    mismatched = [
-        f"{name(k)}: {tuple(converted[k].shape)} vs {tuple(expected[k].shape)} in the model"
-        for k in converted
-        if k in expected and tuple(converted[k].shape) != tuple(expected[k].shape)
-    ]
+    unexpected = [name(k) for k in unexpected]
+    mismatched = [f"{name(k)}: {cs} vs {ms} in the model" for k, cs, ms in mismatched]
     if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(f"model keys with no source tensor: {_short(missing)}")
+            parts.append(f"model keys with no source tensor: {short_list(missing)}")
         if unexpected:
-            parts.append(f"converted keys the model does not have: {_short(unexpected)}")
+            parts.append(f"converted keys the model does not have: {short_list(unexpected)}")
         if mismatched:
-            parts.append(f"shape mismatches: {_short(mismatched)}")
+            parts.append(f"shape mismatches: {short_list(mismatched)}")
         raise ValueError(f"the checkpoint does not match {what}: " + "; ".join(parts))
     return fill
 
@@ -505,7 +497,7 @@ def convert_cirkd_segmentor(state: Mapping[str, torch.Tensor]) -> ConvertedCheck
     unknown = [k for k in state if k.partition(".")[0] not in _CIRKD_TOP]
     if unknown:
         raise ValueError(
-            "CIRKD checkpoint has keys outside pretrained./head./auxlayer.: " + _short(unknown)
+            "CIRKD checkpoint has keys outside pretrained./head./auxlayer.: " + short_list(unknown)
         )
     converted: dict[str, torch.Tensor] = {}
     key_map: dict[str, str] = {}

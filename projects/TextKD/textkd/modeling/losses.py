@@ -1,6 +1,8 @@
-"""Task loss of a segmentor: CE(main) + aux_weight · CE(aux), logits upsampled to the labels.
+"""Task loss of a segmentor: CE(main) + aux_weight · CE(aux), logits upsampled to the labels,
+plus the head's own losses (``head.losses(...)``, e.g. STDC's detail loss, OCRNet's soft-region
+loss), as detectron2's DeepLab/PointRend heads own theirs.
 
-Plain PyTorch, no detectron2.
+Plain PyTorch, no detectron2; imports no head module (the heads import this one).
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .outputs import SegOutput
-from .stdc import extra_task_losses
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["upsample_logits", "cross_entropy_ignore", "segmentation_losses"]
+__all__ = ["upsample_logits", "cross_entropy_ignore", "segmentation_losses", "head_losses"]
 
 
 def upsample_logits(
@@ -42,7 +44,8 @@ def cross_entropy_ignore(
     return loss / valid
 
 
-def segmentation_losses(
+def head_losses(
+    head: nn.Module | None,
     output: SegOutput,
     targets: torch.Tensor,
     aux_weight: float = 0.4,
@@ -50,18 +53,45 @@ def segmentation_losses(
     align_corners: bool = False,
     detail_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
+    """The head-specific task losses of ``output``: ``head.losses(output, targets, aux_weight=,
+    detail_weight=, ignore_label=, align_corners=)`` when the head defines ``losses`` (each head
+    reads the settings it uses and ignores the others), else ``{}`` (``head`` None: no head
+    losses, ``output.extras`` are not read)."""
+    fn = getattr(head, "losses", None)
+    if fn is None:
+        return {}
+    return fn(
+        output,
+        targets,
+        aux_weight=aux_weight,
+        detail_weight=detail_weight,
+        ignore_label=ignore_label,
+        align_corners=align_corners,
+    )
+
+
+def segmentation_losses(
+    output: SegOutput,
+    targets: torch.Tensor,
+    aux_weight: float = 0.4,
+    ignore_label: int = 255,
+    align_corners: bool = False,
+    detail_weight: float = 1.0,
+    head: nn.Module | None = None,
+) -> dict[str, torch.Tensor]:
     """Task losses of one segmentor output.
 
     ``loss_sem_seg`` = CE(upsample(logits), y) and, when ``output.aux_logits`` exists,
     ``loss_aux`` = aux_weight · CE(upsample(aux_logits), y); CE ignores ``ignore_label`` and
-    logits are bilinearly upsampled to the label size (H, W). Head-specific terms come from
-    ``output.extras`` through :func:`textkd.modeling.stdc.extra_task_losses`: STDC's
-    ``loss_detail`` (× ``detail_weight``) and OCRNet's ``loss_ocr_regions`` (× ``aux_weight``);
-    other extras are ignored.
+    logits are bilinearly upsampled to the label size (H, W). Head-specific terms come from the
+    ``head`` that produced ``output`` (:func:`head_losses`): STDC's ``loss_detail``
+    (× ``detail_weight``) and OCRNet's ``loss_ocr_regions`` (× ``aux_weight``).
 
     Args:
         output: the segmentor's :class:`SegOutput`.
         targets: N×H×W integer labels.
+        head: the segmentor's head (``segmentor.head``), whose ``losses`` adds its own terms;
+            None adds none.
     """
     if targets.dim() != 3:
         raise ValueError(f"targets must be N×H×W, got shape {tuple(targets.shape)}")
@@ -82,6 +112,6 @@ def segmentation_losses(
             upsample_logits(output.aux_logits, size, align_corners), targets, ignore_label
         )
     losses.update(
-        extra_task_losses(output, targets, aux_weight, detail_weight, ignore_label, align_corners)
+        head_losses(head, output, targets, aux_weight, ignore_label, align_corners, detail_weight)
     )
     return losses

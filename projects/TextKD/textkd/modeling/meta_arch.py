@@ -270,7 +270,12 @@ class TextKDSemanticSegmentor(nn.Module):
 
     def task_losses(self, out: SegOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         return segmentation_losses(
-            out, targets, self.aux_weight, self.ignore_value, detail_weight=self.detail_weight
+            out,
+            targets,
+            self.aux_weight,
+            self.ignore_value,
+            detail_weight=self.detail_weight,
+            head=self.segmentor.head,
         )
 
     def training_losses(self, x: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:

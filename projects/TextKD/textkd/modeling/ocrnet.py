@@ -8,8 +8,8 @@ object regions and ``in_feature`` (``res5``) for the pixel representations:
    (3×3 conv + BN + ReLU, dropout, 1×1 conv to K classes). Its logits are returned in
    ``SegOutput.extras["ocr_soft_regions"]`` (N×K×h×w, the resolution of the pixel feature) and
    are supervised like the auxiliary head, ``aux_weight · CE(upsample(m), y)`` with
-   ``aux_weight = 0.4``, by :func:`ocr_region_loss` (the task-loss hook
-   :func:`textkd.modeling.stdc.extra_task_losses` adds it as ``loss_ocr_regions``). Because the
+   ``aux_weight = 0.4``, by :func:`ocr_region_loss`, which :meth:`OCRHead.losses` (called by
+   the task loss) reports as ``loss_ocr_regions``. Because the
    region branch plays the role of the auxiliary head, OCRNet configs use ``AUX: False``;
    ``SegOutput.aux_logits`` then stays None.
 2. pixel representations ``x = ReLU(BN(conv3×3(res5)))`` (``channels`` wide).
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from .backbones import NormLayer, resolve_norm_layer
 from .heads import AuxFCNHead, Features, select_feature
+from .losses import cross_entropy_ignore, upsample_logits
 from .outputs import SegOutput
 from .segmentor import register_head
 
@@ -210,6 +211,19 @@ class OCRHead(nn.Module):
         logits = self.classifier(self.dropout(feature))
         return logits, feature, {OCR_REGIONS_KEY: regions_logits}
 
+    def losses(
+        self,
+        output: SegOutput,
+        targets: torch.Tensor,
+        aux_weight: float = 0.4,
+        ignore_label: int = 255,
+        align_corners: bool = False,
+        **_: Any,
+    ) -> dict[str, torch.Tensor]:
+        """The head's own task loss: ``loss_ocr_regions`` (:func:`ocr_region_loss`, the soft
+        regions supervised like the auxiliary head, × ``aux_weight``)."""
+        return ocr_region_loss(output, targets, aux_weight, ignore_label, align_corners)
+
 
 def default_ocr_channels(in_channels: int) -> tuple[int, int]:
     """Reference widths ``(channels, key_channels)``: (512, 256) for a large backbone (>= 1024
@@ -302,7 +316,5 @@ def ocr_region_loss(
     regions = output.extras.get(OCR_REGIONS_KEY)
     if regions is None or weight == 0:
         return {}
-    from .losses import cross_entropy_ignore, upsample_logits  # losses imports this package
-
     logits = upsample_logits(regions, targets.shape[-2:], align_corners)
     return {"loss_ocr_regions": weight * cross_entropy_ignore(logits, targets.long(), ignore_label)}

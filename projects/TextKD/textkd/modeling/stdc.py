@@ -19,8 +19,7 @@ conv + BN + ReLU, 1×1 conv to 1 channel on ``res3``) adds ``extras["detail_logi
 stride 8), supervised by :func:`stdc_detail_loss`. STDC-Seg's extra stride-16/32 segmentation
 outputs are not built: the TextKD auxiliary FCN head (``aux_in_feature="res4"``) takes that role.
 
-:func:`extra_task_losses` is the task-loss hook for head-specific terms (``loss_detail`` of STDC
-and ``loss_ocr_regions`` of OCRNet).
+:meth:`STDCHead.losses` (called by the task loss) reports the detail loss as ``loss_detail``.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import torch.nn.functional as F
 
 from .backbones import NormLayer, SegBackbone, register_backbone, resolve_norm_layer
 from .heads import Features
-from .ocrnet import ocr_region_loss
 from .outputs import SegOutput
 from .segmentor import register_head
 
@@ -49,7 +47,6 @@ __all__ = [
     "STDC_LAYERS",
     "detail_targets",
     "stdc_detail_loss",
-    "extra_task_losses",
     "DETAIL_KEY",
 ]
 
@@ -345,6 +342,26 @@ class STDCHead(nn.Module):
             extras[DETAIL_KEY] = self.conv_out_sp8(f8)
         return logits, feature, extras
 
+    def losses(
+        self,
+        output: SegOutput,
+        targets: torch.Tensor,
+        detail_weight: float = 1.0,
+        ignore_label: int = 255,
+        align_corners: bool = False,
+        **_: Any,
+    ) -> dict[str, torch.Tensor]:
+        """The head's own task loss: ``loss_detail = detail_weight · stdc_detail_loss(
+        extras["detail_logits"], y)`` when the output has detail logits (training mode) and
+        ``detail_weight`` > 0; else ``{}``."""
+        detail = output.extras.get(DETAIL_KEY)
+        if detail is None or detail_weight <= 0:
+            return {}
+        return {
+            "loss_detail": detail_weight
+            * stdc_detail_loss(detail, targets, ignore_label, align_corners)
+        }
+
 
 def _stdc_feature_channels(
     in_channels: int, in_feature: str, feature_channels: Mapping[str, int] | None
@@ -474,30 +491,3 @@ def stdc_detail_loss(
     if not bool((valid > 0).any()):
         return d.sum() * 0
     return bce + dice.mean()
-
-
-def extra_task_losses(
-    output: SegOutput,
-    targets: torch.Tensor,
-    aux_weight: float = 0.4,
-    detail_weight: float = 1.0,
-    ignore_label: int = 255,
-    align_corners: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Head-specific task losses of one segmentor output (the hook of
-    ``textkd.modeling.losses.segmentation_losses``):
-
-    * ``loss_detail = detail_weight · stdc_detail_loss(extras["detail_logits"], y)`` when the
-      record has STDC detail logits and ``detail_weight`` > 0;
-    * ``loss_ocr_regions = aux_weight · CE(upsample(extras["ocr_soft_regions"]), y)`` when the
-      record has OCRNet soft-region logits (they are supervised like the auxiliary head).
-
-    ``{}`` for the other heads."""
-    losses: dict[str, torch.Tensor] = {}
-    detail = output.extras.get(DETAIL_KEY)
-    if detail is not None and detail_weight > 0:
-        losses["loss_detail"] = detail_weight * stdc_detail_loss(
-            detail, targets, ignore_label, align_corners
-        )
-    losses.update(ocr_region_loss(output, targets, aux_weight, ignore_label, align_corners))
-    return losses

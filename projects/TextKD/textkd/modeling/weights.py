@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -21,6 +21,8 @@ __all__ = [
     "segmentor_state_dict",
     "load_segmentor_checkpoint",
     "first_conv_keys",
+    "compare_state_dicts",
+    "short_list",
 ]
 
 # prefixes under which a segmentor can sit in a TextKD checkpoint: single-model and distillation
@@ -106,6 +108,30 @@ def load_checkpoint_file(
         ) from e
 
 
+def short_list(items: Iterable[Any], limit: int = 12) -> str:
+    """``a, b, c, ... (N in all)``: the first ``limit`` items of a list of keys for an error."""
+    items = [str(k) for k in items]
+    return ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def compare_state_dicts(
+    state: Mapping[str, Any], own: Mapping[str, Any]
+) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """The strict key matching of every TextKD checkpoint reader: ``(missing, unexpected,
+    mismatched)`` for loading ``state`` into a model whose state dict is ``own`` -- the keys of
+    ``own`` absent from ``state``, the keys of ``state`` absent from ``own``, and
+    ``(key, shape in state, shape in own)`` for every common key whose shapes differ (in the
+    order of ``state``). All three empty means a strict load fits."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        (k, tuple(state[k].shape), tuple(own[k].shape))
+        for k in state
+        if k in own and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    return missing, unexpected, mismatched
+
+
 def read_state_dict(path: str, what: str = "checkpoint", key: str = "") -> dict[str, torch.Tensor]:
     """Read a checkpoint file and return its model state dict (``model``/``state_dict`` entry
     or the dict itself), with DDP's ``module.`` prefix removed and numpy arrays as tensors.
@@ -175,34 +201,22 @@ def load_segmentor_checkpoint(
     is an error naming the file (and the config ``key`` it came from) and the keys (never a
     partially random model)."""
     state = segmentor_state_dict(read_state_dict(path, f"{what} checkpoint", key))
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [
-        (k, tuple(state[k].shape), tuple(own[k].shape))
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
+    missing, unexpected, wrong = compare_state_dicts(state, model.state_dict())
     first_convs = first_conv_keys(model)
     for k, cs, ms in wrong:
         hint = _first_conv_hint(path, k, cs, ms, what, first_convs)
         if hint:
             raise ValueError(hint)
     if missing or unexpected or wrong:
-
-        def _fmt(keys):
-            keys = [str(k) for k in keys]
-            return ", ".join(keys[:8]) + (f" … ({len(keys)} in all)" if len(keys) > 8 else "")
-
         parts = []
         if missing:
-            parts.append(f"missing keys: {_fmt(missing)}")
+            parts.append(f"missing keys: {short_list(missing, 8)}")
         if unexpected:
-            parts.append(f"unexpected keys: {_fmt(unexpected)}")
+            parts.append(f"unexpected keys: {short_list(unexpected, 8)}")
         if wrong:
             parts.append(
                 "shape mismatches: "
-                + _fmt(f"{k} {cs} in file vs {ms} in model" for k, cs, ms in wrong)
+                + short_list((f"{k} {cs} in file vs {ms} in model" for k, cs, ms in wrong), 8)
             )
         raise ValueError(
             f"{what} checkpoint {path} does not fit the {what} config: " + "; ".join(parts)

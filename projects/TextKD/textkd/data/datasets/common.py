@@ -150,6 +150,18 @@ def read_label_png(path: str) -> np.ndarray:
     return arr
 
 
+def read_label(path: str) -> np.ndarray:
+    """Read a prepared label map (train ids, ignore = :data:`IGNORE_LABEL`) as a uint8 array of
+    its stored values (:func:`read_label_png`); a wider-typed PNG is accepted when its values fit
+    0..255. Errors name the file."""
+    label = read_label_png(path)
+    if label.dtype != np.uint8:
+        if label.size and (label.min() < 0 or label.max() > 255):
+            raise ValueError(f"label file {path} has values outside 0..255 (dtype {label.dtype})")
+        label = label.astype(np.uint8)
+    return label
+
+
 def write_label_png(path: str, label: np.ndarray, palette: Sequence[int] | None = None) -> None:
     """Write a label map as a single-channel 8-bit PNG (palette PNG when ``palette`` is given),
     atomically: a temporary file is renamed into place so an interrupted run leaves no partial

@@ -2,7 +2,7 @@
 (IFVD / CIRKD official code: per image and class, per image pair; the LAD label noising per image
 and class). They are slow on purpose: the tests check the vectorised versions in
 ``textkd.distill.losses`` / ``textkd.distill.lad`` against them, and ``tools/benchmark.py`` times
-both. Signatures match the vectorised functions.
+both. Not part of the library: nothing in ``textkd`` imports them. Signatures match the vectorised functions.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import logging
 
 import torch
 import torch.nn.functional as F
-
-from .lad import DEFAULT_ALPHA
-from .losses import check_labels
+from textkd.distill.lad import DEFAULT_ALPHA
+from textkd.distill.losses import check_labels
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ Memory:
 - :func:`state_nbytes`: bytes held by an object's arrays and tensors (an evaluator's state).
 
 Loss micro-benchmarks (each vectorised implementation against the loop reference of
-``textkd.distill.reference``, same inputs, same run): :func:`bench_noise_labels`,
+``benchmarks.reference``, same inputs, same run): :func:`bench_noise_labels`,
 :func:`bench_ifvd`, :func:`bench_cirkd`; :func:`bench_eval_memory` feeds fake predictions to an
 evaluator and records its state size. :data:`TARGETS` holds the figures the tool reports against.
 """
@@ -37,11 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from tabulate import tabulate
+from textkd.distill.lad import noise_labels
+from textkd.distill.losses import cirkd_pixel_pairs, ifvd
+from textkd.evaluation.metrics import ConfusionMatrix
 
-from .distill.lad import noise_labels
-from .distill.losses import cirkd_pixel_pairs, ifvd
-from .distill.reference import cirkd_pixel_pairs_loop, ifvd_loop, noise_labels_loop
-from .evaluation.metrics import ConfusionMatrix
+from .reference import cirkd_pixel_pairs_loop, ifvd_loop, noise_labels_loop
 
 logger = logging.getLogger(__name__)
 
@@ -689,12 +690,17 @@ def bench_eval_memory(
 
 # ------------------------------------------------------------------------------------ output
 def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    """A plain-text table with columns padded to their widest cell."""
-    cells = [[str(h) for h in header]] + [["" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    """A plain-text table (``tabulate``'s "simple" format): the header, a dashed rule, one line
+    per row; cells as given (``str``, left-aligned, None empty), columns padded to their widest
+    cell."""
+    text = tabulate(
+        [["" if v is None else str(v) for v in r] for r in rows],
+        headers=[str(h) for h in header],
+        tablefmt="simple",
+        disable_numparse=True,
+        stralign="left",
+    )
+    return "\n".join(line.rstrip() for line in text.splitlines())
 
 
 def _require(obj: Mapping, keys: Iterable[str], where: str) -> None:
