@@ -2,8 +2,9 @@
 
 * Every TextKD config under ``configs/`` (detectron2's own teacher files under
   ``configs/*/detectron2/teachers/`` excepted) resolves through ``textkd.engine.load_config`` to
-  the same merged config as the snapshot in ``tests/data/config_snapshot.json`` (sha256 of
-  ``cfg.dump()`` per file, taken before the configs were reduced to their differences). A change
+  the same merged config as the snapshot in ``tests/data/config_snapshot.json`` (a sha256 per
+  file of its merged values, see ``resolved_digest``, taken before the configs were reduced to
+  their differences). A change
   to a config, a base or a default in ``textkd/config.py`` that changes a resolved config fails
   here; when the change is the point, rewrite the snapshot with
   ``TEXTKD_WRITE_CONFIG_SNAPSHOT=1 pytest tests/test_config_leaves_d2.py`` and say so in the commit.
@@ -37,13 +38,30 @@ CONFIGS = sorted(
 )
 
 
-def resolved_digest(rel: str) -> str:
-    """sha256 of the fully merged config of ``rel`` (``MODEL.DEVICE`` normalised: ``load_config``
-    falls back from CUDA to the CPU on a machine without a GPU)."""
-    cfg = load_config(str(REPO / rel))
+def _flat(node, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def resolved_digest(rel: str, root: Path = REPO) -> str:
+    """sha256 of the fully merged config of ``rel``: every key whose value differs from
+    detectron2's own ``get_cfg()`` default, every TextKD key included (so the digest does not
+    depend on keys a detectron2 build adds with their defaults, such as the official build's
+    ``FLOAT32_PRECISION``). ``MODEL.DEVICE`` is normalised: ``load_config`` falls back from CUDA
+    to the CPU on a machine without a GPU."""
+    cfg = load_config(str(root / rel))
     if cfg.MODEL.DEVICE.startswith("cuda"):
         cfg.MODEL.DEVICE = "cpu"
-    return hashlib.sha256(cfg.dump().encode()).hexdigest()
+    d2 = _flat(get_cfg())
+    items = sorted(
+        f"{key}={value!r}" for key, value in _flat(cfg).items() if key not in d2 or d2[key] != value
+    )
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
 
 
 def write_snapshot() -> None:
