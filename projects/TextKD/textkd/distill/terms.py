@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..modeling.outputs import SegOutput
+from .base import TermContext, TrainingTerm
 from .losses import channel_wise_divergence, cirkd_pixel_pairs, dist, ifvd, pixel_kd, structural_kd
 
 logger = logging.getLogger(__name__)
@@ -193,9 +194,10 @@ def parse_terms(terms: Mapping[str, Mapping[str, Any]]) -> list[TermSpec]:
     return specs
 
 
-class Distiller(nn.Module):
+class Distiller(TrainingTerm):
     """Evaluates distillation terms on a (student, teacher) pair of ``SegOutput`` records:
-    ``forward`` returns ``{"loss_<name>": weight * loss}``.
+    ``forward`` returns ``{"loss_<name>": weight * loss}``. The training term of the classic
+    methods, configured by ``MODEL.DISTILL.TERMS`` (:meth:`from_config`).
 
     For a term on a non-class output (``feature`` or an extras key) whose student and teacher
     channel counts differ, a learnable 1×1 conv adapter (student -> teacher channels, no bias, as
@@ -239,6 +241,18 @@ class Distiller(nn.Module):
             self.adapters[spec.name] = nn.Conv2d(cs, ct, kernel_size=1, bias=False)
             logger.info("term %r: 1×1 adapter %d -> %d channels", spec.name, cs, ct)
 
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any], context: TermContext) -> Distiller:
+        """The terms of ``node`` (``MODEL.DISTILL.TERMS``: ``{name: {METHOD, INPUT, WEIGHT,
+        …}}``, see :func:`parse_terms`) for the models described by ``context``."""
+        return cls(
+            parse_terms(node),
+            context.student_channels,
+            context.teacher_channels,
+            num_classes=context.num_classes,
+            ignore_label=context.ignore_label,
+        )
+
     @property
     def needs_aux(self) -> bool:
         """Whether some term reads ``aux_logits`` (so the teacher must compute them)."""
@@ -250,7 +264,12 @@ class Distiller(nn.Module):
         return any(s.needs_targets for s in self.specs)
 
     def forward(
-        self, student: SegOutput, teacher: SegOutput, targets: torch.Tensor | None = None
+        self,
+        student: SegOutput,
+        teacher: SegOutput,
+        targets: torch.Tensor | None = None,
+        *,
+        iteration: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """``{"loss_<name>": weight * loss(adapter(student.<input>), teacher.<input>)}`` for every
         enabled term; ``targets`` (N×H×W labels) is required when ``needs_targets``."""
