@@ -20,7 +20,7 @@ from textkd.distill.lad import (
     label_code,
     noise_labels,
 )
-from textkd.distill.terms import Distiller, parse_terms
+from textkd.distill.terms import ClassicTerm, Distiller, parse_terms
 from textkd.distill.text_plugins import TextDistiller
 from textkd.modeling.outputs import SegOutput
 from torch import nn
@@ -149,6 +149,29 @@ def test_terms_from_config_equal_the_direct_constructors():
     assert list(sd_built) == list(sd_direct)
     for k in sd_direct:
         torch.testing.assert_close(sd_built[k], sd_direct[k], rtol=0, atol=0)
+
+
+def test_each_classic_term_is_a_term_and_the_checkpoint_layout_is_kept():
+    s, t, y = _output(0, 8), _output(1, 12), _targets()
+    terms = _model_cfg()["MODEL"]["DISTILL"]["TERMS"]
+    ctx = _context(s, t, None)
+    torch.manual_seed(2)
+    distiller = Distiller.from_config(terms, ctx)
+    torch.manual_seed(2)
+    singles = [ClassicTerm.from_config(node, ctx, name=name) for name, node in terms.items()]
+    assert [type(x) for x in distiller.terms] == [ClassicTerm] * 3
+    got = distiller(s, t, y)
+    for term in singles:
+        (key, value), *rest = term(s, t, y).items()
+        assert not rest
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0)
+    # adapters are registered once, under the layout of checkpoints written before the terms
+    assert list(distiller.state_dict()) == ["adapters.skd.weight", "adapters.ifvd.weight"]
+    assert distiller.terms[1].adapter is distiller.adapters["skd"]
+    assert singles[0].adapter is None and list(singles[1].state_dict()) == ["adapter.weight"]
+    assert ClassicTerm.from_config({"METHOD": "kd", "WEIGHT": 0}, ctx, name="kd") is None
+    with pytest.raises(ValueError, match="term 'k': the student has no output 'neck'"):
+        ClassicTerm.from_config({"METHOD": "kd", "INPUT": "neck"}, ctx, name="k")
 
 
 def test_text_term_off_unknown_input_and_learnable_bank():

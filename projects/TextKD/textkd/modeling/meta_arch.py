@@ -228,7 +228,7 @@ class TextKDSemanticSegmentor(nn.Module):
         """Each training term becomes an attribute (its state saved under that name in
         checkpoints); a term the config switches off is an attribute set to None."""
         for name, term in terms.items():
-            if name in self.term_names or (hasattr(self, name) and name not in terms):
+            if hasattr(self, name):
                 raise ValueError(f"training term attribute {name!r} is taken")
             setattr(self, name, term)
             if term is not None:
