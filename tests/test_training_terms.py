@@ -267,9 +267,10 @@ def test_a_term_with_its_own_optimizer_step():
     holder.adv = term
     a, b = _output(0), _output(1)
     before = term.critic.weight.detach().clone()
-    losses = compose_losses([term], a, b, training=True)
+    logs = {}
+    losses = compose_losses([term], a, b, training=True, logs=logs)
     assert term.steps == 1 and not torch.equal(before, term.critic.weight)
-    assert list(losses) == ["loss_adv"]
+    assert list(losses) == ["loss_adv"] and list(logs) == ["critic"]
     compose_losses([term], a, b, training=False)  # evaluation: no step of its own
     assert term.steps == 1
     own = own_parameter_ids(holder)

@@ -167,13 +167,17 @@ def compose_losses(
     *,
     iteration: int | None = None,
     training: bool = True,
+    logs: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run every term (its :meth:`~TrainingTerm.extra_step` first when ``training``) and merge
-    their loss dicts; two terms reporting the same key is an error."""
+    their loss dicts; two terms reporting the same key is an error. The values the extra steps
+    return go into ``logs`` when given (the meta-architectures log them)."""
     losses: dict[str, torch.Tensor] = {}
     for term in terms:
         if training:
-            term.extra_step(student_out, teacher_out, targets, iteration=iteration)
+            extra = term.extra_step(student_out, teacher_out, targets, iteration=iteration)
+            if logs is not None:
+                logs.update(extra)
         for key, value in term(student_out, teacher_out, targets, iteration=iteration).items():
             if key in losses:
                 raise ValueError(

@@ -239,15 +239,21 @@ class TextKDSemanticSegmentor(nn.Module):
         return [getattr(self, name) for name in self.term_names]
 
     def term_losses(self, student_out: SegOutput, teacher_out: SegOutput, targets: torch.Tensor):
-        """The summed-up loss dicts of every training term (:func:`compose_losses`)."""
-        return compose_losses(
+        """The summed-up loss dicts of every training term (:func:`compose_losses`); what the
+        terms' own optimizer steps report is logged to detectron2's event storage."""
+        logs: dict[str, torch.Tensor] = {}
+        losses = compose_losses(
             self.training_terms(),
             student_out,
             teacher_out,
             targets,
             iteration=current_iteration(),
             training=self.training,
+            logs=logs,
         )
+        if logs and current_iteration() is not None:
+            get_event_storage().put_scalars(**{k: float(v) for k, v in logs.items()})
+        return losses
 
     @property
     def device(self) -> torch.device:
