@@ -11,10 +11,12 @@ ImageNet std of detectron2's default config (58.395, 57.12, 57.375), i.e. ``≈ 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
+from .base import TermContext, TrainingTerm
 from .losses import channel_wise_divergence, check_labels
 
 logger = logging.getLogger(__name__)
@@ -28,7 +30,13 @@ __all__ = [
     "label_code",
     "label_code_values",
     "dual_path_consistency",
+    "LABEL_MODES",
+    "append_label_channel",
+    "LADConsistency",
 ]
+
+#: how :func:`append_label_channel` fills the label channel
+LABEL_MODES = ("noise", "code", "zero")
 
 #: detectron2's default MODEL.PIXEL_STD (0-255 scale, ImageNet statistics)
 IMAGENET_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
@@ -152,3 +160,64 @@ def dual_path_consistency(
     return channel_wise_divergence(z1, z2, temperature) + channel_wise_divergence(
         z2, z1, temperature
     )
+
+
+def append_label_channel(
+    x: torch.Tensor,
+    targets: torch.Tensor | None,
+    num_classes: int,
+    ignore_label: int,
+    alpha: float,
+    sigma: float,
+    mode: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The input of a label-conditioned (LAD) model: the normalised images ``x`` (N×3×H×W) with
+    the label channel appended (N×4×H×W, in ``x``'s dtype). ``mode``: ``"noise"`` a fresh
+    :func:`noise_labels` draw (training), ``"code"`` the deterministic :func:`label_code` (its
+    pixel noise from ``generator``; evaluation and the frozen teacher while distilling),
+    ``"zero"`` a zero channel (no label; ``targets`` unused). ``sigma`` is the noise of the
+    chosen mode (``MODEL.LAD.SIGMA`` / ``CODE_SIGMA``)."""
+    if mode not in LABEL_MODES:
+        raise ValueError(f"label channel mode must be one of {LABEL_MODES}, got {mode!r}")
+    if mode == "zero":
+        ch = x.new_zeros(x.shape[0], 1, *x.shape[2:])
+    elif targets is None:
+        raise ValueError(f"the {mode!r} label channel needs the ground-truth labels")
+    elif mode == "noise":
+        ch = noise_labels(targets, num_classes, ignore_label, alpha, sigma, generator=generator)
+    else:
+        ch = label_code(targets, num_classes, ignore_label, alpha, sigma, generator=generator)
+    return torch.cat([x, ch.to(x.dtype)], dim=1)
+
+
+class LADConsistency(TrainingTerm):
+    """LAD's dual-path consistency as a training term: ``forward(path1_out, path2_out)`` gives
+    ``{"loss_consistency": weight · dual_path_consistency(z1, z2, τ)}`` on the two label-noised
+    paths' logits (the two ``SegOutput`` records take the student/teacher slots of the term
+    interface). Configured by ``MODEL.LAD`` (``CONSISTENCY_WEIGHT``, ``CONSISTENCY_TEMPERATURE``);
+    off unless ``ENABLED`` and ``DUAL_PATH`` with a positive weight."""
+
+    def __init__(self, weight: float, temperature: float = 4.0) -> None:
+        super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"MODEL.LAD.CONSISTENCY_WEIGHT must be >= 0, got {weight!r}")
+        if not temperature > 0:
+            raise ValueError(f"MODEL.LAD.CONSISTENCY_TEMPERATURE must be > 0, got {temperature!r}")
+        self.weight = float(weight)
+        self.temperature = float(temperature)
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any], context: TermContext) -> LADConsistency | None:
+        if not (node["ENABLED"] and node["DUAL_PATH"] and node["CONSISTENCY_WEIGHT"] > 0):
+            return None
+        return cls(node["CONSISTENCY_WEIGHT"], node["CONSISTENCY_TEMPERATURE"])
+
+    def forward(self, student_out, teacher_out, targets=None, *, iteration=None):
+        return {
+            "loss_consistency": self.weight
+            * dual_path_consistency(student_out.logits, teacher_out.logits, self.temperature)
+        }
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight:g}, temperature={self.temperature:g}"

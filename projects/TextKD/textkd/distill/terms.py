@@ -25,11 +25,20 @@ import torch
 from torch import nn
 
 from ..modeling.outputs import SegOutput
+from .base import TermContext, TrainingTerm, compose_losses
 from .losses import channel_wise_divergence, cirkd_pixel_pairs, dist, ifvd, pixel_kd, structural_kd
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "DEFAULTS", "TermSpec", "parse_terms", "Distiller", "accepted_params"]
+__all__ = [
+    "METHODS",
+    "DEFAULTS",
+    "TermSpec",
+    "parse_terms",
+    "ClassicTerm",
+    "Distiller",
+    "accepted_params",
+]
 
 #: method name -> loss function (student map, teacher map, **params) -> scalar
 METHODS: dict[str, Callable[..., torch.Tensor]] = {
@@ -193,14 +202,102 @@ def parse_terms(terms: Mapping[str, Mapping[str, Any]]) -> list[TermSpec]:
     return specs
 
 
-class Distiller(nn.Module):
-    """Evaluates distillation terms on a (student, teacher) pair of ``SegOutput`` records:
-    ``forward`` returns ``{"loss_<name>": weight * loss}``.
+class ClassicTerm(TrainingTerm):
+    """One classic distillation term: ``{"loss_<name>": weight * METHODS[method](
+    adapter(student.<input>), teacher.<input>, **params)}``.
 
-    For a term on a non-class output (``feature`` or an extras key) whose student and teacher
-    channel counts differ, a learnable 1×1 conv adapter (student -> teacher channels, no bias, as
-    the CIRKD code) maps the student map first; one adapter per term, in ``self.adapters`` under
-    the term's name. Adapters train with the student and are not part of the deployed model.
+    On a non-class output (``feature`` or an extras key) whose student and teacher channel counts
+    differ, a learnable 1×1 conv ``adapter`` (student -> teacher channels, no bias, as the CIRKD
+    code) maps the student map first; it trains with the student and is not part of the deployed
+    model. Class scores (``logits``, ``aux_logits``) of different sizes are an error."""
+
+    def __init__(
+        self,
+        spec: TermSpec,
+        student_channels: Mapping[str, int | None],
+        teacher_channels: Mapping[str, int | None],
+        num_classes: int,
+        ignore_label: int = 255,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        self.needs_aux = spec.input == "aux_logits"
+        self.needs_targets = spec.needs_targets
+        for who, channels in (("student", student_channels), ("teacher", teacher_channels)):
+            if spec.input not in channels or channels[spec.input] is None:
+                available = [k for k, v in channels.items() if v is not None]
+                raise ValueError(
+                    f"term {spec.name!r}: the {who} has no output {spec.input!r}; "
+                    f"available: {available}"
+                )
+        cs, ct = int(student_channels[spec.input]), int(teacher_channels[spec.input])
+        self.adapter: nn.Module | None = None
+        if cs != ct:
+            if spec.input in _CLASS_OUTPUTS:
+                raise ValueError(
+                    f"term {spec.name!r}: student {spec.input} has {cs} classes but the teacher's "
+                    f"has {ct}; class scores cannot be adapted"
+                )
+            self.adapter = nn.Conv2d(cs, ct, kernel_size=1, bias=False)
+            logger.info("term %r: 1×1 adapter %d -> %d channels", spec.name, cs, ct)
+
+    @classmethod
+    def from_config(
+        cls, node: Mapping[str, Any], context: TermContext, *, name: str = "term"
+    ) -> ClassicTerm | None:
+        """The term ``name`` of ``MODEL.DISTILL.TERMS`` (``node`` = ``{METHOD, INPUT, WEIGHT,
+        <PARAMS>}``, see :func:`parse_terms`); None when its WEIGHT is 0."""
+        specs = parse_terms({name: node})
+        if not specs:
+            return None
+        return cls(
+            specs[0],
+            context.student_channels,
+            context.teacher_channels,
+            context.num_classes,
+            context.ignore_label,
+        )
+
+    def forward(
+        self,
+        student: SegOutput,
+        teacher: SegOutput,
+        targets: torch.Tensor | None = None,
+        *,
+        iteration: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        spec = self.spec
+        s = student.get(spec.input)
+        t = teacher.get(spec.input)
+        if self.adapter is not None:
+            s = self.adapter(s)
+        kwargs = dict(spec.params)
+        if spec.needs_targets:
+            if targets is None:
+                raise ValueError(
+                    f"term {spec.name!r} ({spec.method}) needs the ground-truth labels, "
+                    "but targets is None"
+                )
+            kwargs.update(
+                labels=targets, num_classes=self.num_classes, ignore_label=self.ignore_label
+            )
+        return {f"loss_{spec.name}": spec.weight * METHODS[spec.method](s, t, **kwargs)}
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return f"{s.name}={s.method}({s.input})×{s.weight:g}"
+
+
+class Distiller(TrainingTerm):
+    """The classic distillation terms of ``MODEL.DISTILL.TERMS`` (:meth:`from_config`), one
+    :class:`ClassicTerm` each, evaluated on a (student, teacher) pair of ``SegOutput`` records:
+    ``forward`` returns ``{"loss_<name>": weight * loss}`` for every enabled term.
+
+    The terms' adapters are registered once, in ``self.adapters`` under the term's name (the
+    checkpoint layout ``distiller.adapters.<name>.weight``); the terms themselves are kept in a
+    plain list (``self.terms``) that shares those adapter modules.
     """
 
     def __init__(
@@ -215,64 +312,56 @@ class Distiller(nn.Module):
         self.specs: list[TermSpec] = [s for s in specs if s.enabled]
         self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
-        self.adapters = nn.ModuleDict()
         names = [s.name for s in self.specs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate distillation term names: {duplicates}")
+        self.adapters = nn.ModuleDict()
+        terms: list[ClassicTerm] = []
         for spec in self.specs:
-            for who, channels in (("student", student_channels), ("teacher", teacher_channels)):
-                if spec.input not in channels or channels[spec.input] is None:
-                    available = [k for k, v in channels.items() if v is not None]
-                    raise ValueError(
-                        f"term {spec.name!r}: the {who} has no output {spec.input!r}; "
-                        f"available: {available}"
-                    )
-            cs, ct = int(student_channels[spec.input]), int(teacher_channels[spec.input])
-            if cs == ct:
-                continue
-            if spec.input in _CLASS_OUTPUTS:
-                raise ValueError(
-                    f"term {spec.name!r}: student {spec.input} has {cs} classes but the teacher's "
-                    f"has {ct}; class scores cannot be adapted"
-                )
-            self.adapters[spec.name] = nn.Conv2d(cs, ct, kernel_size=1, bias=False)
-            logger.info("term %r: 1×1 adapter %d -> %d channels", spec.name, cs, ct)
+            term = ClassicTerm(
+                spec, student_channels, teacher_channels, self.num_classes, self.ignore_label
+            )
+            if term.adapter is not None:
+                self.adapters[spec.name] = term.adapter
+            terms.append(term)
+        self.terms = terms  # a plain list: each adapter is registered once, above
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any], context: TermContext) -> Distiller:
+        """The terms of ``node`` (``MODEL.DISTILL.TERMS``: ``{name: {METHOD, INPUT, WEIGHT,
+        …}}``, see :func:`parse_terms`) for the models described by ``context``."""
+        return cls(
+            parse_terms(node),
+            context.student_channels,
+            context.teacher_channels,
+            num_classes=context.num_classes,
+            ignore_label=context.ignore_label,
+        )
 
     @property
     def needs_aux(self) -> bool:
         """Whether some term reads ``aux_logits`` (so the teacher must compute them)."""
-        return any(s.input == "aux_logits" for s in self.specs)
+        return any(t.needs_aux for t in self.terms)
 
     @property
     def needs_targets(self) -> bool:
         """Whether some term needs the ground-truth labels (``forward(..., targets)``)."""
-        return any(s.needs_targets for s in self.specs)
+        return any(t.needs_targets for t in self.terms)
 
     def forward(
-        self, student: SegOutput, teacher: SegOutput, targets: torch.Tensor | None = None
+        self,
+        student: SegOutput,
+        teacher: SegOutput,
+        targets: torch.Tensor | None = None,
+        *,
+        iteration: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """``{"loss_<name>": weight * loss(adapter(student.<input>), teacher.<input>)}`` for every
         enabled term; ``targets`` (N×H×W labels) is required when ``needs_targets``."""
-        losses: dict[str, torch.Tensor] = {}
-        for spec in self.specs:
-            s = student.get(spec.input)
-            t = teacher.get(spec.input)
-            if spec.name in self.adapters:
-                s = self.adapters[spec.name](s)
-            kwargs = dict(spec.params)
-            if spec.needs_targets:
-                if targets is None:
-                    raise ValueError(
-                        f"term {spec.name!r} ({spec.method}) needs the ground-truth labels, "
-                        "but targets is None"
-                    )
-                kwargs.update(
-                    labels=targets, num_classes=self.num_classes, ignore_label=self.ignore_label
-                )
-            loss = METHODS[spec.method](s, t, **kwargs)
-            losses[f"loss_{spec.name}"] = spec.weight * loss
-        return losses
+        return compose_losses(
+            self.terms, student, teacher, targets, iteration=iteration, training=self.training
+        )
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{s.name}={s.method}({s.input})×{s.weight:g}" for s in self.specs)
+        return ", ".join(t.extra_repr() for t in self.terms)

@@ -24,11 +24,15 @@ used at training time only: :class:`TextDistiller` is never part of the deployed
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..modeling.outputs import SegOutput
+from .base import TermContext, TrainingTerm
 from .losses import channel_wise_divergence, check_labels
 
 logger = logging.getLogger(__name__)
@@ -233,8 +237,13 @@ def trd_mimic_loss(
 
 
 # ----------------------------------------------------------------------------- module
-class TextDistiller(nn.Module):
+class TextDistiller(TrainingTerm):
     """TCD / TRD plugin: maps (student feature, teacher feature, labels) to named losses.
+
+    A training term (:class:`~textkd.distill.base.TrainingTerm`) configured by the ``MODEL``
+    subtree (``DISTILL.TCD``, ``DISTILL.TRD``, ``DISTILL.TEXT``, ``TEXT_BANK.SOURCE``) through
+    :meth:`from_config`; ``forward`` takes the two models' ``SegOutput`` records and reads their
+    ``input`` output (``MODEL.DISTILL.TEXT.INPUT``), or the two feature tensors directly.
 
     Holds the text bank (a frozen buffer, a Parameter only when ``learnable_text``), the teacher
     probe (1×1 conv C_t→D, trained only by its ground-truth CE on ``sg(f_t)``), the student
@@ -268,8 +277,10 @@ class TextDistiller(nn.Module):
         probe_mode: str = "joint",
         probe_pretrain_iters: int = 0,
         ignore_label: int = 255,
+        input: str = "feature",
     ) -> None:
         super().__init__()
+        self.input = str(input)
         if not torch.is_tensor(text_embeddings) or text_embeddings.dim() != 2:
             raise ValueError(
                 f"text_embeddings must be a K×D tensor, got "
@@ -354,6 +365,50 @@ class TextDistiller(nn.Module):
         if not (needs_teacher or needs_student):
             logger.warning("TextDistiller: every text-plugin weight is 0; it adds no loss")
 
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any], context: TermContext) -> TextDistiller | None:
+        """The plugin configured by the ``MODEL`` subtree ``node``, or None when the TCD, TRD
+        and mimic weights are all 0. The text bank comes from ``context.text_embeddings()``."""
+        d = node["DISTILL"]
+        tcd, trd, text = d["TCD"], d["TRD"], d["TEXT"]
+        if not (tcd["WEIGHT"] > 0 or trd["WEIGHT"] > 0 or trd["MIMIC_WEIGHT"] > 0):
+            return None
+        name = text["INPUT"]
+        if name not in context.teacher_channels:
+            raise ValueError(
+                f"MODEL.DISTILL.TEXT.INPUT={name!r}: the teacher has no such output "
+                f"(available: {list(context.teacher_channels)}); a detectron2 teacher records "
+                "its feature from MODEL.DISTILL.TEACHER.FEATURE_MODULE"
+            )
+        if context.text_embeddings is None:
+            raise ValueError("the text plugins (TCD/TRD) need a text bank, but none was given")
+        term = cls(
+            context.text_embeddings(),
+            student_channels=context.student_channels[name],
+            teacher_channels=context.teacher_channels[name],
+            tcd_weight=tcd["WEIGHT"],
+            tcd_temperature=tcd["TEMPERATURE"],
+            tcd_mode=tcd["MODE"],
+            trd_weight=trd["WEIGHT"],
+            trd_region_temperature=trd["REGION_TEMPERATURE"],
+            trd_affinity_temperature=trd["AFFINITY_TEMPERATURE"],
+            trd_min_mass=trd["MIN_MASS"],
+            trd_mimic_weight=trd["MIMIC_WEIGHT"],
+            probe_weight=text["PROBE_WEIGHT"],
+            student_align_weight=text["STUDENT_ALIGN_WEIGHT"],
+            score_temperature=text["SCORE_TEMPERATURE"],
+            proj_hidden=text["PROJ_HIDDEN"],
+            learnable_text=node["TEXT_BANK"]["SOURCE"] == "learnable",
+            probe_mode=text["PROBE_MODE"],
+            probe_pretrain_iters=text["PROBE_PRETRAIN_ITERS"],
+            ignore_label=context.ignore_label,
+            input=name,
+        )
+        if context.sync_bn:
+            # the student projector's BN follows the configured norm, like the student
+            term = nn.SyncBatchNorm.convert_sync_batchnorm(term)
+        return term
+
     # ------------------------------------------------------------------ helpers
     def text_bank(self) -> torch.Tensor:
         """The unit-norm text bank ``T̂`` (K×D) as used by the losses."""
@@ -395,15 +450,20 @@ class TextDistiller(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(
         self,
-        f_s: torch.Tensor,
-        f_t: torch.Tensor,
-        targets: torch.Tensor | None,
+        f_s: torch.Tensor | SegOutput,
+        f_t: torch.Tensor | SegOutput,
+        targets: torch.Tensor | None = None,
         iteration: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Named losses (each already multiplied by its weight, present only when its weight is
         > 0): ``loss_text_probe``, ``loss_tcd``, ``loss_trd``, ``loss_trd_mimic``,
         ``loss_text_align``. Outside their phase (probe pretraining) TCD/TRD/mimic are 0 and,
-        once the probe is frozen, ``loss_text_probe`` is a constant 0."""
+        once the probe is frozen, ``loss_text_probe`` is a constant 0. ``f_s``/``f_t`` are the
+        feature maps, or the models' ``SegOutput`` records (their ``input`` output is used)."""
+        if isinstance(f_s, SegOutput):
+            f_s = f_s.get(self.input)
+        if isinstance(f_t, SegOutput):
+            f_t = f_t.get(self.input)
         _check_map(f_s, "TextDistiller (student feature)")
         _check_map(f_t, "TextDistiller (teacher feature)")
         if f_s.shape[0] != f_t.shape[0]:

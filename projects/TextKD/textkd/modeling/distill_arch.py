@@ -20,8 +20,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 
-from ..distill.lad import label_code
-from ..distill.terms import Distiller, parse_terms
+from ..distill.base import TermContext, TrainingTerm, build_terms
+from ..distill.terms import Distiller
 from ..distill.text_plugins import TextDistiller
 from ..text.bank import load_text_bank
 from .build import build_segmentor_from_cfg, resolve_norm
@@ -37,7 +37,6 @@ from .meta_arch import (
     TextKDSemanticSegmentor,
     _autocast,
     check_finite_losses,
-    current_iteration,
     normalize_images,
 )
 from .outputs import SegOutput
@@ -46,7 +45,14 @@ from .weights import load_segmentor_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DistillSemanticSegmentor", "build_teacher", "load_teacher_config"]
+__all__ = ["DISTILL_TERMS", "DistillSemanticSegmentor", "build_teacher", "load_teacher_config"]
+
+#: the training terms of a distillation run: ``{attribute: (term class, config path)}``; the
+#: attribute names are the checkpoint prefixes (``distiller.adapters.*``, ``text_distiller.*``)
+DISTILL_TERMS: dict[str, tuple[type[TrainingTerm], str]] = {
+    "distiller": (Distiller, "MODEL.DISTILL.TERMS"),
+    "text_distiller": (TextDistiller, "MODEL"),
+}
 
 
 def load_teacher_config(cfg):
@@ -173,9 +179,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         teacher_flip_channels: bool,
         teacher_lad: LADSettings | None,
         teacher_amp_dtype: str,
-        distiller: Distiller,
-        text_distiller: TextDistiller | None,
-        text_input: str = "feature",
+        terms: dict[str, TrainingTerm | None],
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -207,9 +211,9 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         )
         self.teacher_lad = teacher_lad
         self.teacher_amp_dtype = teacher_amp_dtype
-        self.distiller = distiller
-        self.text_distiller = text_distiller
-        self.text_input = text_input
+        # registered after the teacher: parameter order (hence optimizer state) as before
+        self._set_terms(terms)
+        self.needs_aux = any(t.needs_aux for t in self.training_terms())
 
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
@@ -217,7 +221,6 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         tcfg, teacher = build_teacher(cfg)
         student: Segmentor = ret["segmentor"]
         _check_class_counts(teacher, student, cfg)
-        specs = parse_terms(cfg.MODEL.DISTILL.TERMS)
         if isinstance(teacher, D2Teacher):
             # a detectron2 teacher normalises its own input (D2Teacher.forward)
             ret.update(
@@ -233,54 +236,20 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
                 teacher_flip_channels=tcfg.INPUT.FORMAT != cfg.INPUT.FORMAT,
                 teacher_lad=LADSettings.from_cfg(tcfg),
             )
+        context = TermContext(
+            num_classes=student.num_classes,
+            ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            student_channels=student.output_channels,
+            teacher_channels=teacher.output_channels,
+            text_embeddings=lambda: build_text_embeddings(cfg),
+            sync_bn=resolve_norm(cfg) == "SyncBN",
+        )
         ret.update(
             teacher=teacher,
             teacher_amp_dtype=cfg.MODEL.DISTILL.TEACHER.AMP_DTYPE,
-            distiller=Distiller(
-                specs,
-                student.output_channels,
-                teacher.output_channels,
-                num_classes=student.num_classes,
-                ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            ),
-            text_distiller=None,
-            text_input=cfg.MODEL.DISTILL.TEXT.INPUT,
+            # the student of a distillation run is RGB (checked in __init__): no LAD terms
+            terms=build_terms(cfg, DISTILL_TERMS, context),
         )
-        d = cfg.MODEL.DISTILL
-        if d.TCD.WEIGHT > 0 or d.TRD.WEIGHT > 0 or d.TRD.MIMIC_WEIGHT > 0:
-            name = d.TEXT.INPUT
-            if name not in teacher.output_channels:
-                raise ValueError(
-                    f"MODEL.DISTILL.TEXT.INPUT={name!r}: the teacher has no such output "
-                    f"(available: {list(teacher.output_channels)}); a detectron2 teacher records "
-                    "its feature from MODEL.DISTILL.TEACHER.FEATURE_MODULE"
-                )
-            ret["text_distiller"] = TextDistiller(
-                build_text_embeddings(cfg),
-                student_channels=student.output_channels[name],
-                teacher_channels=teacher.output_channels[name],
-                tcd_weight=d.TCD.WEIGHT,
-                tcd_temperature=d.TCD.TEMPERATURE,
-                tcd_mode=d.TCD.MODE,
-                trd_weight=d.TRD.WEIGHT,
-                trd_region_temperature=d.TRD.REGION_TEMPERATURE,
-                trd_affinity_temperature=d.TRD.AFFINITY_TEMPERATURE,
-                trd_min_mass=d.TRD.MIN_MASS,
-                trd_mimic_weight=d.TRD.MIMIC_WEIGHT,
-                probe_weight=d.TEXT.PROBE_WEIGHT,
-                student_align_weight=d.TEXT.STUDENT_ALIGN_WEIGHT,
-                score_temperature=d.TEXT.SCORE_TEMPERATURE,
-                proj_hidden=d.TEXT.PROJ_HIDDEN,
-                learnable_text=cfg.MODEL.TEXT_BANK.SOURCE == "learnable",
-                probe_mode=d.TEXT.PROBE_MODE,
-                probe_pretrain_iters=d.TEXT.PROBE_PRETRAIN_ITERS,
-                ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            )
-            if resolve_norm(cfg) == "SyncBN":
-                # the student projector's BN follows the configured norm, like the student
-                ret["text_distiller"] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
-                    ret["text_distiller"]
-                )
         return ret
 
     def train(self, mode: bool = True):
@@ -317,18 +286,13 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
                 flip_channels=self.teacher_flip_channels,
             ).tensor
         if self.teacher_lad is not None:
-            code = label_code(
-                targets,
-                self.num_classes,
-                self.ignore_value,
-                self.teacher_lad.alpha,
-                self.teacher_lad.code_sigma,
+            x = self.teacher_lad.label_input(
+                x, targets, self.num_classes, self.ignore_value, mode="code"
             )
-            x = torch.cat([x, code.to(x.dtype)], dim=1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(x.device, self.teacher_amp_dtype):
-            out = self.teacher(x, with_aux=self.distiller.needs_aux)
+            out = self.teacher(x, with_aux=self.needs_aux)
         return out.float()
 
     def forward(self, batched_inputs: list[dict[str, Any]]):
@@ -338,14 +302,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         t_out = self.teacher_forward(batched_inputs, targets, student_input=images.tensor)
         s_out = self.run_segmentor(images.tensor, with_aux=True)
         losses = self.task_losses(s_out, targets)
-        losses.update(self.distiller(s_out, t_out, targets))
-        if self.text_distiller is not None:
-            name = self.text_input
-            losses.update(
-                self.text_distiller(
-                    s_out.get(name), t_out.get(name), targets, iteration=current_iteration()
-                )
-            )
+        losses.update(self.term_losses(s_out, t_out, targets))
         if self.nonfinite_check:
             check_finite_losses(losses)
         return losses

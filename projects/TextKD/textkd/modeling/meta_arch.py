@@ -21,7 +21,8 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..distill.lad import alpha_for_pixel_std, dual_path_consistency, label_code, noise_labels
+from ..distill.base import TermContext, TrainingTerm, build_terms, compose_losses
+from ..distill.lad import LADConsistency, alpha_for_pixel_std, append_label_channel
 from .build import build_segmentor_from_cfg
 from .losses import segmentation_losses
 from .outputs import SegOutput
@@ -32,7 +33,13 @@ logger = logging.getLogger(__name__)
 #: seed of the label code's pixel noise at evaluation (per batch; training draws stay random)
 EVAL_CODE_SEED = 0
 
+#: the training terms of the single model: ``{attribute: (term class, config path)}``
+LAD_TERMS: dict[str, tuple[type[TrainingTerm], str]] = {
+    "lad_consistency": (LADConsistency, "MODEL.LAD"),
+}
+
 __all__ = [
+    "LAD_TERMS",
     "TextKDSemanticSegmentor",
     "LADSettings",
     "check_finite_losses",
@@ -88,7 +95,8 @@ def normalize_images(
 
 
 class LADSettings:
-    """Label channel settings of a label-conditioned (LAD) model."""
+    """Label channel settings of a label-conditioned (LAD) model (its dual-path consistency is
+    the training term :class:`~textkd.distill.lad.LADConsistency`)."""
 
     def __init__(
         self,
@@ -96,8 +104,6 @@ class LADSettings:
         sigma: float,
         code_sigma: float,
         dual_path: bool,
-        consistency_weight: float,
-        consistency_temperature: float,
         eval_label: str,
     ):
         if eval_label not in ("code", "zero", "both"):
@@ -106,9 +112,24 @@ class LADSettings:
         self.sigma = sigma
         self.code_sigma = code_sigma
         self.dual_path = dual_path
-        self.consistency_weight = consistency_weight
-        self.consistency_temperature = consistency_temperature
         self.eval_label = eval_label
+
+    def label_input(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor | None,
+        num_classes: int,
+        ignore_label: int,
+        mode: str,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``x`` with the label channel appended (:func:`~textkd.distill.lad.append_label_channel`
+        at this model's α and the σ of ``mode``: ``sigma`` for "noise", ``code_sigma`` for
+        "code")."""
+        sigma = self.sigma if mode == "noise" else self.code_sigma
+        return append_label_channel(
+            x, targets, num_classes, ignore_label, self.alpha, sigma, mode, generator=generator
+        )
 
     @classmethod
     def from_cfg(cls, cfg) -> LADSettings | None:
@@ -130,8 +151,6 @@ class LADSettings:
             sigma=cfg.MODEL.LAD.SIGMA,
             code_sigma=cfg.MODEL.LAD.CODE_SIGMA,
             dual_path=cfg.MODEL.LAD.DUAL_PATH,
-            consistency_weight=cfg.MODEL.LAD.CONSISTENCY_WEIGHT,
-            consistency_temperature=cfg.MODEL.LAD.CONSISTENCY_TEMPERATURE,
             eval_label=cfg.MODEL.LAD.EVAL_LABEL,
         )
 
@@ -164,6 +183,7 @@ class TextKDSemanticSegmentor(nn.Module):
         amp_dtype: str = "",
         channels_last: bool = False,
         nonfinite_check: bool = True,
+        terms: dict[str, TrainingTerm | None] | None = None,
     ):
         super().__init__()
         self.segmentor = segmentor
@@ -180,11 +200,17 @@ class TextKDSemanticSegmentor(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if channels_last:
             self.segmentor.to(memory_format=torch.channels_last)
+        self.term_names: list[str] = []
+        self._set_terms(terms or {})
 
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
+        segmentor = build_segmentor_from_cfg(cfg)
+        context = TermContext(
+            num_classes=segmentor.num_classes, ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        )
         return {
-            "segmentor": build_segmentor_from_cfg(cfg),
+            "segmentor": segmentor,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "aux_weight": cfg.MODEL.SEM_SEG_HEAD.AUX_WEIGHT,
@@ -195,7 +221,39 @@ class TextKDSemanticSegmentor(nn.Module):
             "amp_dtype": cfg.MODEL.AMP_DTYPE,
             "channels_last": cfg.MODEL.CHANNELS_LAST,
             "nonfinite_check": cfg.TEXTKD.NONFINITE_CHECK,
+            "terms": build_terms(cfg, LAD_TERMS, context),
         }
+
+    def _set_terms(self, terms: dict[str, TrainingTerm | None]) -> None:
+        """Each training term becomes an attribute (its state saved under that name in
+        checkpoints); a term the config switches off is an attribute set to None."""
+        for name, term in terms.items():
+            if hasattr(self, name):
+                raise ValueError(f"training term attribute {name!r} is taken")
+            setattr(self, name, term)
+            if term is not None:
+                self.term_names.append(name)
+
+    def training_terms(self) -> list[TrainingTerm]:
+        """The configured training terms, in config-table order."""
+        return [getattr(self, name) for name in self.term_names]
+
+    def term_losses(self, student_out: SegOutput, teacher_out: SegOutput, targets: torch.Tensor):
+        """The summed-up loss dicts of every training term (:func:`compose_losses`); what the
+        terms' own optimizer steps report is logged to detectron2's event storage."""
+        logs: dict[str, torch.Tensor] = {}
+        losses = compose_losses(
+            self.training_terms(),
+            student_out,
+            teacher_out,
+            targets,
+            iteration=current_iteration(),
+            training=self.training,
+            logs=logs,
+        )
+        if logs and current_iteration() is not None:
+            get_event_storage().put_scalars(**{k: float(v) for k, v in logs.items()})
+        return losses
 
     @property
     def device(self) -> torch.device:
@@ -234,22 +292,9 @@ class TextKDSemanticSegmentor(nn.Module):
         """Append the LAD label channel: a fresh noised draw ("noise"), the deterministic code
         ("code", its pixel noise drawn from ``generator``) or zeros ("zero")."""
         assert self.lad is not None
-        if mode == "noise":
-            ch = noise_labels(
-                targets, self.num_classes, self.ignore_value, self.lad.alpha, self.lad.sigma
-            )
-        elif mode == "code":
-            ch = label_code(
-                targets,
-                self.num_classes,
-                self.ignore_value,
-                self.lad.alpha,
-                self.lad.code_sigma,
-                generator=generator,
-            )
-        else:
-            ch = x.new_zeros(x.shape[0], 1, *x.shape[2:])
-        return torch.cat([x, ch.to(x.dtype)], dim=1)
+        return self.lad.label_input(
+            x, targets, self.num_classes, self.ignore_value, mode, generator=generator
+        )
 
     def run_segmentor(self, x: torch.Tensor, with_aux: bool | None = None) -> SegOutput:
         if self.channels_last:
@@ -290,10 +335,8 @@ class TextKDSemanticSegmentor(nn.Module):
         losses = {}
         for i, out in ((1, out1), (2, out2)):
             losses.update({f"{k}_path{i}": v for k, v in self.task_losses(out, targets).items()})
-        if self.lad.consistency_weight > 0:
-            losses["loss_consistency"] = self.lad.consistency_weight * dual_path_consistency(
-                out1.logits, out2.logits, self.lad.consistency_temperature
-            )
+        # the dual-path consistency term (path 1 and path 2 in the term's two output slots)
+        losses.update(self.term_losses(out1, out2, targets))
         return losses
 
     @torch.no_grad()
