@@ -69,3 +69,27 @@ def test_errors_name_the_run(tmp_path):
         write_report([a, a], str(tmp_path / "o"))
     with pytest.raises(ValueError, match="both the teacher and the baseline"):
         write_report([a], str(tmp_path / "o"), teacher="A", baseline="A")
+
+
+def test_every_evaluation_task_is_kept_and_summarized(tmp_path, capsys):
+    """A LAD teacher's second task (``sem_seg_zero_label``) is read from the evaluation file and,
+    without one, from metrics.json; ``tools/summarize_results.py`` prints it through read_run."""
+    import summarize_results
+
+    ev = {"sem_seg": {"mIoU": 46.3, "mIoU_all": 46.3, "pACC": 83.6}}
+    ev["sem_seg_zero_label"] = {"mIoU": 46.4, "mIoU_all": 46.4, "pACC": 83.5}
+    from_file = read_run(_run(tmp_path / "f", [10.0], eval_file=ev))
+    assert from_file.tasks == ev and from_file.results == ev["sem_seg"]
+
+    path = _run(tmp_path / "m", [20.0, 30.0])
+    rows = [json.loads(line) for line in open(f"{path}/metrics.json")]
+    rows[-1]["sem_seg_zero_label/mIoU"] = 25.0
+    open(f"{path}/metrics.json", "w").write("\n".join(json.dumps(r) for r in rows) + "\n")
+    from_metrics = read_run(path)
+    assert from_metrics.tasks["sem_seg_zero_label"] == {"mIoU": 25.0}
+    assert from_metrics.results["mIoU"] == 30.0
+
+    assert summarize_results.main([f"lad={tmp_path / 'f'}", f"m={path}"]) == 0
+    out = capsys.readouterr().out
+    assert "46.30      46.30   83.60   (without label: mIoU 46.40)" in out
+    assert "30.00      29.00" in out and "(without label: mIoU 25.00)" in out

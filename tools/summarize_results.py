@@ -1,47 +1,25 @@
 #!/usr/bin/env python
-"""Print an mIoU table from detectron2 output folders (their ``metrics.json`` / ``log.txt``).
+"""Print an mIoU table from train_net output folders (their evaluation results).
 
 python tools/summarize_results.py "teacher=output/t_eval" "student=output/s_eval"
 """
 
 import argparse
-import json
 import os
-import re
+import sys
+
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "TextKD")
+)
 
 
 def read_results(folder: str) -> dict[str, float]:
-    """The last evaluation results of a run: ``sem_seg/*`` entries of metrics.json, else the
-    "copypaste" lines detectron2 logs at the end of ``--eval-only``."""
-    results: dict[str, float] = {}
-    metrics = os.path.join(folder, "metrics.json")
-    if os.path.isfile(metrics):
-        with open(metrics) as f:
-            for line in f:
-                rec = json.loads(line)
-                if any(k.startswith("sem_seg") for k in rec):
-                    results = {k: v for k, v in rec.items() if k.startswith("sem_seg")}
-    if results:
-        return results
-    log = os.path.join(folder, "log.txt")
-    if not os.path.isfile(log):
-        raise FileNotFoundError(f"no metrics.json or log.txt with results in {folder}")
-    lines = open(log).read().splitlines()
-    task = None
-    for i, line in enumerate(lines):
-        m = re.search(r"copypaste: Task: (\S+)", line)
-        if m:
-            task = m.group(1)
-            keys = lines[i + 1].split("copypaste: ")[-1].split(",")
-            vals = lines[i + 2].split("copypaste: ")[-1].split(",")
-            for k, v in zip(keys, vals):
-                try:
-                    results[f"{task}/{k}"] = float(v)
-                except ValueError:
-                    pass
-    if not results:
-        raise ValueError(f"no evaluation results found in {log}")
-    return results
+    """The final evaluation results of a run as ``<task>/<metric>`` (``sem_seg/mIoU``, a LAD
+    teacher's ``sem_seg_zero_label/mIoU``, …), read by :func:`textkd.report.read_run`."""
+    from textkd.report import read_run
+
+    run = read_run(folder)
+    return {f"{task}/{k}": v for task, res in run.tasks.items() for k, v in res.items()}
 
 
 def main(argv=None) -> int:

@@ -33,8 +33,9 @@ ROLE_STUDENT = "student"
 @dataclass
 class RunData:
     """One run: ``label``, ``path``, final ``results`` (``sem_seg`` task: mIoU, IoU-<class>, …),
-    ``results_source`` (file they came from), ``losses`` (name -> [(iteration, value)]) and
-    ``miou_curve`` ([(iteration, mIoU)])."""
+    ``results_source`` (file they came from), ``losses`` (name -> [(iteration, value)]),
+    ``miou_curve`` ([(iteration, mIoU)]) and ``tasks``: the final results of every evaluation
+    task of that file (``sem_seg``, and e.g. a LAD teacher's ``sem_seg_zero_label``)."""
 
     label: str
     path: str
@@ -43,6 +44,7 @@ class RunData:
     losses: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     miou_curve: list[tuple[int, float]] = field(default_factory=list)
     role: str = ROLE_STUDENT
+    tasks: dict[str, dict] = field(default_factory=dict)
 
     @property
     def class_iou(self) -> dict[str, float]:
@@ -79,7 +81,7 @@ def read_run(path: str, label: str | None = None) -> RunData:
     rows = _read_metrics(metrics_file) if os.path.isfile(metrics_file) else []
     losses: dict[str, list[tuple[int, float]]] = {}
     curve: list[tuple[int, float]] = []
-    last_eval: dict = {}
+    last_eval: dict[str, dict] = {}
     for row in rows:
         it = int(row.get("iteration", -1))
         for k, v in row.items():
@@ -87,30 +89,31 @@ def read_run(path: str, label: str | None = None) -> RunData:
                 losses.setdefault(k, []).append((it, float(v)))
         if isinstance(row.get("sem_seg/mIoU"), (int, float)):
             curve.append((it, float(row["sem_seg/mIoU"])))
-            last_eval = {
-                k[len("sem_seg/") :]: v for k, v in row.items() if k.startswith("sem_seg/")
-            }
+            last_eval = {}
+            for k, v in row.items():
+                task, sep, key = k.partition("/")
+                if sep and task.startswith("sem_seg"):
+                    last_eval.setdefault(task, {})[key] = v
     evals = sorted(
         glob.glob(os.path.join(path, "inference", "*", "sem_seg_evaluation.json")),
         key=os.path.getmtime,
     )
-    results, source = {}, ""
+    tasks, source = {}, ""
     if evals:
         source = evals[-1]
         with open(source) as f:
-            data = json.load(f)
-        if not isinstance(data.get("sem_seg"), dict):
+            tasks = json.load(f)
+        if not isinstance(tasks.get("sem_seg"), dict):
             raise ValueError(f"{source} has no 'sem_seg' results: not a TextKD evaluation file")
-        results = data["sem_seg"]
     elif last_eval:
-        results, source = last_eval, metrics_file
+        tasks, source = last_eval, metrics_file
     else:
         raise FileNotFoundError(
             f"run {label!r} ({path}) has no evaluation results: neither "
             "inference/<dataset>/sem_seg_evaluation.json nor sem_seg/* rows in metrics.json "
             "(evaluate it with tools/train_net.py --eval-only OUTPUT_DIR <this folder>)"
         )
-    return RunData(label, path, results, source, losses, curve)
+    return RunData(label, path, tasks["sem_seg"], source, losses, curve, tasks=tasks)
 
 
 # --------------------------------------------------------------------------- figures
