@@ -72,6 +72,8 @@ class DeployableSegmentor(nn.Module):
         self.segmentor = segmentor.eval()
         self.num_classes = int(segmentor.num_classes)
         self.argmax = bool(argmax)
+        # the final upsampling resizes like the model's own loss (MODEL.SEM_SEG_HEAD.ALIGN_CORNERS)
+        self.align_corners = bool(getattr(segmentor, "align_corners", False))
         self.register_buffer(
             "pixel_mean", torch.tensor([float(v) for v in pixel_mean]).view(1, -1, 1, 1), False
         )
@@ -83,7 +85,10 @@ class DeployableSegmentor(nn.Module):
         x = (image.float() - self.pixel_mean) / self.pixel_std
         logits = self.segmentor(x, with_aux=False).logits
         logits = F.interpolate(
-            logits.float(), size=image.shape[-2:], mode="bilinear", align_corners=False
+            logits.float(),
+            size=image.shape[-2:],
+            mode="bilinear",
+            align_corners=self.align_corners,
         )
         if self.argmax:
             return logits.argmax(dim=1)

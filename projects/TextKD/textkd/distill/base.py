@@ -86,7 +86,9 @@ class TermContext:
     ``student_channels`` / ``teacher_channels``: output name -> channel count (``None`` for an
     output a model lacks); ``text_embeddings``: a callable returning the K×D text bank (called
     only by terms that need it, so a run without text plugins never builds one); ``sync_bn``:
-    whether BatchNorm layers of the term should be SyncBatchNorm, like the student's."""
+    whether BatchNorm layers of the term should be SyncBatchNorm, like the student's;
+    ``align_corners``: the student's ``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``, with which a term
+    bilinearly resizes a student map to the teacher's size (or to the labels)."""
 
     num_classes: int
     ignore_label: int = 255
@@ -94,6 +96,7 @@ class TermContext:
     teacher_channels: Mapping[str, int | None] = field(default_factory=dict)
     text_embeddings: Callable[[], torch.Tensor] | None = None
     sync_bn: bool = False
+    align_corners: bool = False
 
 
 class TrainingTerm(nn.Module):

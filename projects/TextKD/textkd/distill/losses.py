@@ -4,8 +4,10 @@ Every function takes the student map first and the teacher map second, returns a
 scalar, and
 
 - treats the teacher through stop-gradient (it is detached inside);
-- bilinearly resizes the student map to the teacher's spatial size (``align_corners=False``) when
-  the two differ; a channel mismatch is an error here (``textkd.distill.terms.Distiller`` adds a
+- bilinearly resizes the student map to the teacher's spatial size (:func:`resize_to_teacher`,
+  ``align_corners=False`` here; the configured terms resize first with the student's
+  ``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``, see ``textkd.distill.terms``) when the two differ; a
+  channel mismatch is an error here (``textkd.distill.terms.Distiller`` adds a
   1×1 adapter for features);
 - computes in float32 with autocast disabled, whatever the input dtype;
 - is vectorised over pixels, classes and images (``cirkd_pixel_pairs`` loops over image pairs only,
@@ -36,6 +38,7 @@ __all__ = [
     "dist",
     "check_labels",
     "resize_labels",
+    "resize_to_teacher",
 ]
 
 # eps of the reference code bases: IFVD's prototype denominator, DIST's Pearson denominator
@@ -56,6 +59,16 @@ def _float32(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def resize_to_teacher(
+    s: torch.Tensor, t: torch.Tensor, align_corners: bool = False
+) -> torch.Tensor:
+    """The student map ``s`` (N×C×h×w) bilinearly resized to the teacher map ``t``'s spatial
+    size with ``align_corners`` (the student model's setting); ``s`` itself when they agree."""
+    if s.shape[-2:] == t.shape[-2:]:
+        return s
+    return F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=align_corners)
 
 
 def _align(s: torch.Tensor, t: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,9 +92,7 @@ def _align(s: torch.Tensor, t: torch.Tensor, name: str) -> tuple[torch.Tensor, t
         )
     t = t.detach().float()
     s = s.float()
-    if s.shape[-2:] != t.shape[-2:]:
-        s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
-    return s, t
+    return resize_to_teacher(s, t), t
 
 
 def _check_temperature(temperature: float, name: str) -> None:

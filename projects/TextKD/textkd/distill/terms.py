@@ -26,7 +26,15 @@ from torch import nn
 
 from ..modeling.outputs import SegOutput
 from .base import TermContext, TrainingTerm, compose_losses
-from .losses import channel_wise_divergence, cirkd_pixel_pairs, dist, ifvd, pixel_kd, structural_kd
+from .losses import (
+    channel_wise_divergence,
+    cirkd_pixel_pairs,
+    dist,
+    ifvd,
+    pixel_kd,
+    resize_to_teacher,
+    structural_kd,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +217,9 @@ class ClassicTerm(TrainingTerm):
     On a non-class output (``feature`` or an extras key) whose student and teacher channel counts
     differ, a learnable 1×1 conv ``adapter`` (student -> teacher channels, no bias, as the CIRKD
     code) maps the student map first; it trains with the student and is not part of the deployed
-    model. Class scores (``logits``, ``aux_logits``) of different sizes are an error."""
+    model. Class scores (``logits``, ``aux_logits``) of different sizes are an error. A student
+    map of another spatial size than the teacher's is bilinearly resized to it with
+    ``align_corners`` (the student's ``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``) before the loss."""
 
     def __init__(
         self,
@@ -218,11 +228,13 @@ class ClassicTerm(TrainingTerm):
         teacher_channels: Mapping[str, int | None],
         num_classes: int,
         ignore_label: int = 255,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
+        self.align_corners = bool(align_corners)
         self.needs_aux = spec.input == "aux_logits"
         self.needs_targets = spec.needs_targets
         for who, channels in (("student", student_channels), ("teacher", teacher_channels)):
@@ -258,6 +270,7 @@ class ClassicTerm(TrainingTerm):
             context.teacher_channels,
             context.num_classes,
             context.ignore_label,
+            context.align_corners,
         )
 
     def forward(
@@ -273,6 +286,8 @@ class ClassicTerm(TrainingTerm):
         t = teacher.get(spec.input)
         if self.adapter is not None:
             s = self.adapter(s)
+        if torch.is_tensor(s) and torch.is_tensor(t) and s.dim() == 4 and t.dim() == 4:
+            s = resize_to_teacher(s, t, self.align_corners)
         kwargs = dict(spec.params)
         if spec.needs_targets:
             if targets is None:
@@ -307,8 +322,10 @@ class Distiller(TrainingTerm):
         teacher_channels: Mapping[str, int],
         num_classes: int,
         ignore_label: int = 255,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
+        self.align_corners = bool(align_corners)
         self.specs: list[TermSpec] = [s for s in specs if s.enabled]
         self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
@@ -320,7 +337,12 @@ class Distiller(TrainingTerm):
         terms: list[ClassicTerm] = []
         for spec in self.specs:
             term = ClassicTerm(
-                spec, student_channels, teacher_channels, self.num_classes, self.ignore_label
+                spec,
+                student_channels,
+                teacher_channels,
+                self.num_classes,
+                self.ignore_label,
+                self.align_corners,
             )
             if term.adapter is not None:
                 self.adapters[spec.name] = term.adapter
@@ -337,6 +359,7 @@ class Distiller(TrainingTerm):
             context.teacher_channels,
             num_classes=context.num_classes,
             ignore_label=context.ignore_label,
+            align_corners=context.align_corners,
         )
 
     @property

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..modeling.outputs import SegOutput
 from .base import TermContext, TrainingTerm
-from .losses import channel_wise_divergence, check_labels
+from .losses import channel_wise_divergence, check_labels, resize_to_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +62,9 @@ def _check_map(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected an N×C×h×w tensor, got {shape}")
 
 
-def _resize_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+def _resize_to(x: torch.Tensor, ref: torch.Tensor, align_corners: bool = False) -> torch.Tensor:
     """Bilinearly resize ``x`` (N×C×h×w) to ``ref``'s spatial size when they differ."""
-    if x.shape[-2:] != ref.shape[-2:]:
-        x = F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
-    return x
+    return resize_to_teacher(x, ref, align_corners)
 
 
 def _check_pair(s: torch.Tensor, t: torch.Tensor, name: str, same_channels: bool = True) -> None:
@@ -112,10 +110,14 @@ def region_weights(mass: torch.Tensor, min_mass: float = 1.0) -> torch.Tensor:
 
 
 def text_probe_ce(
-    scores: torch.Tensor, targets: torch.Tensor, ignore_label: int = 255
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_label: int = 255,
+    align_corners: bool = False,
 ) -> torch.Tensor:
-    """Cross-entropy of ``upsample(S)`` (bilinear to the label size) against the labels, ignoring
-    ``ignore_label``; 0 (still attached to the graph) when every pixel is ignored."""
+    """Cross-entropy of ``upsample(S)`` (bilinear to the label size, with ``align_corners``)
+    against the labels, ignoring ``ignore_label``; 0 (still attached to the graph) when every
+    pixel is ignored."""
     if targets.dim() != 3 or targets.shape[0] != scores.shape[0]:
         raise ValueError(
             f"targets must be N×H×W with N={scores.shape[0]}, got {tuple(targets.shape)}"
@@ -124,7 +126,7 @@ def text_probe_ce(
     logits = scores.float()
     if logits.shape[-2:] != targets.shape[-2:]:
         logits = F.interpolate(
-            logits, size=targets.shape[-2:], mode="bilinear", align_corners=False
+            logits, size=targets.shape[-2:], mode="bilinear", align_corners=align_corners
         )
     if not bool((targets != ignore_label).any()):
         return logits.sum() * 0.0
@@ -137,6 +139,7 @@ def tcd_loss(
     t_scores: torch.Tensor,
     temperature: float = 4.0,
     mode: str = "spatial",
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Text-channel distillation between student and teacher score maps (N×K×h×w; the teacher is
     detached, the student bilinearly resized to the teacher's size).
@@ -152,9 +155,9 @@ def tcd_loss(
     _check_temperature(temperature, "TCD temperature")
     t = t_scores.detach()
     if mode == "spatial":
-        return channel_wise_divergence(s_scores, t, temperature)
+        return channel_wise_divergence(_resize_to(s_scores, t, align_corners), t, temperature)
     with torch.autocast(device_type=s_scores.device.type, enabled=False):
-        s = _resize_to(s_scores.float(), t)
+        s = _resize_to(s_scores.float(), t, align_corners)
         t = t.float()
         if mode == "mse":
             return F.mse_loss(s, t)
@@ -172,6 +175,7 @@ def trd_loss(
     region_temperature: float = 1.0,
     affinity_temperature: float = 0.07,
     min_mass: float = 1.0,
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Text-region distillation.
 
@@ -197,7 +201,7 @@ def trd_loss(
     with torch.autocast(device_type=z_s.device.type, enabled=False):
         masks = text_regions(t_scores, region_temperature).flatten(2)  # N×K×P
         mass = masks.sum(dim=2)  # N×K
-        zs = _resize_to(z_s.float(), z_t).flatten(2)  # N×D×P
+        zs = _resize_to(z_s.float(), z_t, align_corners).flatten(2)  # N×D×P
         zt = z_t.detach().float().flatten(2)
         denom = mass.clamp_min(_MASS_EPS).unsqueeze(-1)
         proto_s = F.normalize(torch.bmm(masks, zs.transpose(1, 2)) / denom, dim=-1)  # N×K×D
@@ -215,7 +219,10 @@ def trd_loss(
 
 
 def trd_mimic_loss(
-    f_s_adapted: torch.Tensor, f_t: torch.Tensor, masks: torch.Tensor
+    f_s_adapted: torch.Tensor,
+    f_t: torch.Tensor,
+    masks: torch.Tensor,
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Masked feature mimicking inside the text regions:
     ``½ · mean_{n,k,c} Σ_i M_k(i) (A(f_s)(i) − f_t(i))² / Σ_i M_k(i)``, with the adapted student
@@ -228,7 +235,7 @@ def trd_mimic_loss(
             f"the teacher feature {tuple(f_t.shape)}"
         )
     with torch.autocast(device_type=f_t.device.type, enabled=False):
-        s = _resize_to(f_s_adapted.float(), f_t).flatten(2)  # N×C×P
+        s = _resize_to(f_s_adapted.float(), f_t, align_corners).flatten(2)  # N×C×P
         diff2 = (s - f_t.detach().float().flatten(2)).pow(2)
         m = masks.detach().float().flatten(2)  # N×K×P
         per_region = torch.bmm(m, diff2.transpose(1, 2))  # N×K×C
@@ -278,9 +285,13 @@ class TextDistiller(TrainingTerm):
         probe_pretrain_iters: int = 0,
         ignore_label: int = 255,
         input: str = "feature",
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         self.input = str(input)
+        # the student's MODEL.SEM_SEG_HEAD.ALIGN_CORNERS: student feature -> teacher size and
+        # score maps -> label size
+        self.align_corners = bool(align_corners)
         if not torch.is_tensor(text_embeddings) or text_embeddings.dim() != 2:
             raise ValueError(
                 f"text_embeddings must be a K×D tensor, got "
@@ -403,6 +414,7 @@ class TextDistiller(TrainingTerm):
             probe_pretrain_iters=text["PROBE_PRETRAIN_ITERS"],
             ignore_label=context.ignore_label,
             input=name,
+            align_corners=context.align_corners,
         )
         if context.sync_bn:
             # the student projector's BN follows the configured norm, like the student
@@ -490,7 +502,7 @@ class TextDistiller(TrainingTerm):
                 z_t = self.embed_teacher(f_t)
                 s_scores_t = text_scores(z_t, text, self.score_temperature)
             if probe_on and self.probe_weight > 0:
-                ce = text_probe_ce(s_scores_t, targets, self.ignore_label)
+                ce = text_probe_ce(s_scores_t, targets, self.ignore_label, self.align_corners)
                 losses["loss_text_probe"] = ce * self.probe_weight
             elif self.probe_weight > 0:
                 losses["loss_text_probe"] = f_t.new_zeros(())
@@ -503,7 +515,9 @@ class TextDistiller(TrainingTerm):
 
         if self.tcd_weight > 0:
             if distill_on:
-                tcd = tcd_loss(s_scores, s_scores_t, self.tcd_temperature, self.tcd_mode)
+                tcd = tcd_loss(
+                    s_scores, s_scores_t, self.tcd_temperature, self.tcd_mode, self.align_corners
+                )
             else:
                 tcd = s_scores.sum() * 0.0
             losses["loss_tcd"] = tcd * self.tcd_weight
@@ -517,6 +531,7 @@ class TextDistiller(TrainingTerm):
                     self.trd_region_temperature,
                     self.trd_affinity_temperature,
                     self.trd_min_mass,
+                    self.align_corners,
                 )
             else:
                 trd = z_s.sum() * 0.0
@@ -525,12 +540,12 @@ class TextDistiller(TrainingTerm):
             adapted = self.mimic_adapter(f_s)
             if distill_on:
                 masks = text_regions(s_scores_t, self.trd_region_temperature)
-                mimic = trd_mimic_loss(adapted, f_t, masks)
+                mimic = trd_mimic_loss(adapted, f_t, masks, self.align_corners)
             else:
                 mimic = adapted.sum() * 0.0
             losses["loss_trd_mimic"] = mimic * self.trd_mimic_weight
         if self.student_align_weight > 0:
-            align = text_probe_ce(s_scores, targets, self.ignore_label)
+            align = text_probe_ce(s_scores, targets, self.ignore_label, self.align_corners)
             losses["loss_text_align"] = align * self.student_align_weight
         return losses
 

@@ -235,6 +235,7 @@ class TextKDOCRHead(_ConfigurableHead, OCRHead):
         args["region_in_feature"] = h.AUX_IN_FEATURE
         args["region_in_channels"] = region_in
         args["region_channels"] = int(h.AUX_CHANNELS) if int(h.AUX_CHANNELS) > 0 else region_in // 4
+        args["align_corners"] = bool(h.ALIGN_CORNERS)
         return args
 
 
@@ -337,7 +338,9 @@ def build_segmentor_from_cfg(cfg: CfgNode) -> Segmentor:
             "(logits, feature) with out_channels/num_classes attributes)"
         )
     aux_head = build_aux_head_from_cfg(cfg, shapes)
-    model = Segmentor(backbone, head, aux_head)
+    model = Segmentor(
+        backbone, head, aux_head, align_corners=bool(cfg.MODEL.SEM_SEG_HEAD.ALIGN_CORNERS)
+    )
     logger.info(
         "built segmentor %s + %s%s (%d classes)",
         cfg.MODEL.SEG_BACKBONE.ARCH,

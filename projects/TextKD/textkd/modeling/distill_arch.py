@@ -243,6 +243,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
             teacher_channels=teacher.output_channels,
             text_embeddings=lambda: build_text_embeddings(cfg),
             sync_bn=resolve_norm(cfg) == "SyncBN",
+            align_corners=student.align_corners,
         )
         ret.update(
             teacher=teacher,

@@ -5,7 +5,9 @@ Module names follow the CIRKD reference code (``aspp.b0..b4``, ``aspp.project``,
 head has ``forward(features) -> (logits, feature)`` where ``features`` is the backbone's dict
 (the head reads ``features[self.in_feature]``) or a single tensor, ``feature`` is the
 penultimate decoder feature (before dropout and the 1×1 classifier) and ``out_channels`` its
-channel count. Plain PyTorch, no detectron2; bilinear resizing uses ``align_corners=False``.
+channel count. A head that resizes bilinearly does so with its ``align_corners`` attribute (the
+model's one setting, ``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``; CIRKD's heads use True). Plain
+PyTorch, no detectron2.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class DeepLabV3Head(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.out_channels = channels
+        self.align_corners = bool(align_corners)
         self.aspp = ASPP(in_channels, channels, dilations, norm, aspp_dropout, align_corners)
         self.block = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
@@ -222,6 +225,7 @@ class PSPHead(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.out_channels = channels
+        self.align_corners = bool(align_corners)
         self.psp = PyramidPooling(in_channels, bins, norm, align_corners)
         self.block = nn.Sequential(
             nn.Conv2d(self.psp.out_channels, channels, 3, padding=1, bias=False),

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import nn
@@ -73,6 +72,20 @@ def check_finite_losses(losses: dict[str, torch.Tensor]) -> None:
         f"{ {k: float(v) for k, v in zip(losses, values.tolist())} }. Training stopped; "
         "resume from the last checkpoint with --resume after fixing the cause."
     )
+
+
+def crop_and_resize(
+    scores: torch.Tensor, image_size: tuple[int, int], height: int, width: int, align_corners: bool
+) -> torch.Tensor:
+    """K×H×W ``scores`` of a padded batch cropped to the image's ``image_size`` and bilinearly
+    resized (with the model's ``align_corners``) to its original ``height``×``width``; detectron2's
+    ``sem_seg_postprocess`` with the model's setting instead of a fixed ``align_corners=False``."""
+    scores = scores[:, : image_size[0], : image_size[1]]
+    if tuple(scores.shape[-2:]) == (height, width):
+        return scores
+    return nn.functional.interpolate(
+        scores[None], size=(height, width), mode="bilinear", align_corners=align_corners
+    )[0]
 
 
 def normalize_images(
@@ -319,6 +332,7 @@ class TextKDSemanticSegmentor(nn.Module):
             targets,
             self.aux_weight,
             self.ignore_value,
+            align_corners=self.segmentor.align_corners,
             detail_weight=self.detail_weight,
             head=self.segmentor.head,
         )
@@ -372,16 +386,20 @@ class TextKDSemanticSegmentor(nn.Module):
         batched_inputs: list[dict[str, Any]],
         images: ImageList,
     ) -> list[dict[str, torch.Tensor]]:
-        """Bilinearly upsample stride-8 logits to the padded input, crop each image, resize to
-        its original ``height``×``width``."""
+        """Bilinearly upsample stride-8 logits to the padded input (with the model's
+        ``align_corners``, as its task loss), crop each image, resize to its original
+        ``height``×``width``."""
         pad_size = images.tensor.shape[-2:]
         results: list[dict[str, torch.Tensor]] = [{} for _ in batched_inputs]
         for key, logits in runs.items():
             logits = nn.functional.interpolate(
-                logits.float(), size=pad_size, mode="bilinear", align_corners=False
+                logits.float(),
+                size=pad_size,
+                mode="bilinear",
+                align_corners=self.segmentor.align_corners,
             )
             for i, (res, inp, size) in enumerate(zip(logits, batched_inputs, images.image_sizes)):
                 h = inp.get("height", size[0])
                 w = inp.get("width", size[1])
-                results[i][key] = sem_seg_postprocess(res, size, h, w)
+                results[i][key] = crop_and_resize(res, size, h, w, self.segmentor.align_corners)
         return results

@@ -69,16 +69,17 @@ class SpatialGather(nn.Module):
     ``f_k = Σ_i softmax_i(scale · m_{k,i}) · x_i`` (softmax over the h·w pixels).
 
     ``forward(feats N×C×h×w, region_logits N×K×h×w) -> N×C×K×1`` (region logits of another
-    size are bilinearly resized to the feature map first)."""
+    size are bilinearly resized to the feature map first, with ``align_corners``)."""
 
-    def __init__(self, scale: float = 1.0) -> None:
+    def __init__(self, scale: float = 1.0, align_corners: bool = False) -> None:
         super().__init__()
         self.scale = float(scale)
+        self.align_corners = bool(align_corners)
 
     def forward(self, feats: torch.Tensor, region_logits: torch.Tensor) -> torch.Tensor:
         if region_logits.shape[-2:] != feats.shape[-2:]:
             region_logits = F.interpolate(
-                region_logits, feats.shape[-2:], mode="bilinear", align_corners=False
+                region_logits, feats.shape[-2:], mode="bilinear", align_corners=self.align_corners
             )
         n, c = feats.shape[:2]
         k = region_logits.shape[1]
@@ -136,6 +137,8 @@ class OCRHead(nn.Module):
         region_channels: hidden width of the soft-region FCN.
         dropout: dropout before both classifiers.
         scale: multiplier of the region logits in the spatial softmax.
+        align_corners: of the bilinear resize of the soft regions to the pixel features (and,
+            through the model's setting, of their loss).
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class OCRHead(nn.Module):
         in_feature: str = "res5",
         region_in_feature: str = "res4",
         scale: float = 1.0,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -171,6 +175,7 @@ class OCRHead(nn.Module):
         self.num_classes = num_classes
         self.out_channels = channels
         self.key_channels = key_channels
+        self.align_corners = bool(align_corners)
         self.extra_channels = {OCR_REGIONS_KEY: num_classes}
         self.soft_region = AuxFCNHead(
             region_in_channels,
@@ -185,7 +190,7 @@ class OCRHead(nn.Module):
             norm(channels),
             nn.ReLU(inplace=True),
         )
-        self.spatial_gather = SpatialGather(scale)
+        self.spatial_gather = SpatialGather(scale, align_corners)
         self.object_context = ObjectAttention(channels, key_channels, norm)
         self.fuse = _conv1x1_bn_relu(2 * channels, channels, norm)
         self.dropout = nn.Dropout(dropout)
@@ -203,7 +208,7 @@ class OCRHead(nn.Module):
         regions_logits = self.soft_region(features)
         if regions_logits.shape[-2:] != pixels.shape[-2:]:
             regions_logits = F.interpolate(
-                regions_logits, pixels.shape[-2:], mode="bilinear", align_corners=False
+                regions_logits, pixels.shape[-2:], mode="bilinear", align_corners=self.align_corners
             )
         regions = self.spatial_gather(pixels, regions_logits)
         context = self.object_context(pixels, regions)
@@ -272,6 +277,7 @@ def _ocrnet(
     region_channels: int | None = None,
     feature_channels: Mapping[str, int] | None = None,
     scale: float = 1.0,
+    align_corners: bool = False,
     **_: Any,
 ) -> nn.Module:
     """Factory of :class:`OCRHead` for :func:`~textkd.modeling.segmentor.build_segmentor`.
@@ -299,6 +305,7 @@ def _ocrnet(
         in_feature=in_feature,
         region_in_feature=region_in_feature,
         scale=scale,
+        align_corners=align_corners,
     )
 
 

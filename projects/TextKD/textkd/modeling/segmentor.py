@@ -42,7 +42,10 @@ class Segmentor(nn.Module):
 
     Attributes: ``num_classes``, ``output_channels`` (``{"logits": K, "feature": C}`` plus
     ``"aux_logits": K`` when there is an auxiliary head, plus the head's ``extra_channels``),
-    ``output_stride`` (stride of the logits w.r.t. the input).
+    ``output_stride`` (stride of the logits w.r.t. the input), ``align_corners``: the
+    ``align_corners`` of every bilinear resize of this model's maps outside its heads (the task
+    loss, the final upsampling, a student map resized to its teacher's) — the one setting
+    (``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``) that its heads' own resizes use too.
     """
 
     def __init__(
@@ -52,8 +55,10 @@ class Segmentor(nn.Module):
         aux_head: nn.Module | None = None,
         in_feature: str | None = None,
         aux_in_feature: str | None = None,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
+        self.align_corners = bool(align_corners)
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
@@ -76,6 +81,14 @@ class Segmentor(nn.Module):
                 raise ValueError(
                     f"{name} expects {expected} input channels but backbone feature '{feat}' "
                     f"has {out_channels[feat]}"
+                )
+        for name, module in (("head", head), ("aux_head", aux_head)):
+            own = getattr(module, "align_corners", None)
+            if own is not None and bool(own) != self.align_corners:
+                raise ValueError(
+                    f"{name} resizes with align_corners={bool(own)} but the segmentor with "
+                    f"align_corners={self.align_corners}: one setting "
+                    "(MODEL.SEM_SEG_HEAD.ALIGN_CORNERS) governs every resize of a model"
                 )
         self.num_classes = int(head.num_classes)
         if aux_head is not None and int(aux_head.num_classes) != self.num_classes:
@@ -255,7 +268,9 @@ def build_segmentor(
 
     ``channels`` None (or 0) uses :func:`default_head_channels`; ``aux_channels`` None (or 0)
     uses the CIRKD width ``in_channels // 4`` of the auxiliary input. ``head_kwargs`` go to
-    the head factory (e.g. ``num_convs`` for "fcn").
+    the head factory (e.g. ``num_convs`` for "fcn"). ``align_corners`` governs every bilinear
+    resize of the model: its heads' (ASPP/PSP pooling, OCR regions) and the segmentor's
+    (:attr:`Segmentor.align_corners`: task loss, final upsampling).
     """
     if head not in HEADS:
         raise ValueError(f"unknown segmentation head '{head}'; choices: {available_heads()}")
@@ -298,4 +313,4 @@ def build_segmentor(
             norm_layer=norm_layer,
             in_feature=aux_in_feature,
         )
-    return Segmentor(bb, main, aux_head)
+    return Segmentor(bb, main, aux_head, align_corners=align_corners)
