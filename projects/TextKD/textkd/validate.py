@@ -13,7 +13,10 @@ config node before it builds anything; a configuration that cannot be meant stop
 * keys that the config accepts but TextKD does not use (detectron2's generic ones such as
   ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT``, and TextKD keys that the chosen model ignores, e.g.
   ``MODEL.DISTILL.*`` in a single-model config) when set to a value other than the default;
-* training with plain BatchNorm on one image per GPU.
+* training with plain BatchNorm on one image per GPU;
+* training from CIRKD's ImageNet backbone weights (``MODEL.SEG_BACKBONE.PRETRAINED`` a
+  ``resnet*-imagenet.pth`` of the CIRKD codebase) with another input normalisation than the one
+  they were trained with (BGR images minus the Caffe mean, no std).
 
 The config is read as nested mappings with attribute access (a detectron2 / yacs ``CfgNode``);
 ``defaults`` is a config node of the same kind holding the default values (the edge passes
@@ -27,8 +30,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .modeling.backbones import norm_name
-from .modeling.weights import check_checkpoint_file
+import torch
+
+from .modeling.backbones import is_cirkd_backbone_state, norm_name, unwrap_state_dict
+from .modeling.convert import CIRKD_PIXEL_MEAN, CIRKD_PIXEL_STD
+from .modeling.weights import check_checkpoint_file, load_checkpoint_file
 
 __all__ = ["ConfigError", "MODES", "validate_config", "unused_key_problems", "number_problems"]
 
@@ -282,6 +288,49 @@ def _batch_norm_problems(cfg: Any, world_size: int) -> list[str]:
     ]
 
 
+def _read_backbone_file(path: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of a backbone file (memory-mapped when it is a zip archive, so only the keys
+    are read), or None when it cannot be read (the backbone loader reports that)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - legacy (non-zip) file: read it whole
+        try:
+            obj = load_checkpoint_file(path, "pretrained backbone weights", weights_only=True)
+        except (OSError, ValueError):
+            return None
+    try:
+        return unwrap_state_dict(obj, path)
+    except ValueError:
+        return None
+
+
+def _pretrained_normalisation_problems(cfg: Any) -> list[str]:
+    """CIRKD's ImageNet ResNets were trained on BGR images minus the Caffe mean without a std
+    (``modeling.convert.CIRKD_PIXEL_MEAN``); training from them on other input wastes the
+    pretraining. Checked only for CIRKD-layout files (other files carry no statistics)."""
+    path = _get(cfg, "MODEL.SEG_BACKBONE.PRETRAINED", "")
+    if not path or not os.path.isfile(path) or path.endswith(".safetensors"):
+        return []
+    state = _read_backbone_file(path)
+    if state is None or not is_cirkd_backbone_state(state):
+        return []
+    fmt = _get(cfg, "INPUT.FORMAT", "BGR")
+    mean = [float(v) for v in _get(cfg, "MODEL.PIXEL_MEAN", [])]
+    std = [float(v) for v in _get(cfg, "MODEL.PIXEL_STD", [])]
+    same_mean = len(mean) == 3 and all(abs(a - b) < 1e-3 for a, b in zip(mean, CIRKD_PIXEL_MEAN))
+    same_std = len(std) == 3 and all(abs(a - b) < 1e-6 for a, b in zip(std, CIRKD_PIXEL_STD))
+    if fmt == "BGR" and same_mean and same_std:
+        return []
+    return [
+        f"MODEL.SEG_BACKBONE.PRETRAINED={path!r} holds CIRKD's ImageNet ResNetV1b weights, "
+        "trained on BGR images minus the Caffe mean without a std, but this run feeds "
+        f"INPUT.FORMAT {fmt!r}, MODEL.PIXEL_MEAN {mean}, MODEL.PIXEL_STD {std}. Set "
+        f'INPUT.FORMAT "BGR", MODEL.PIXEL_MEAN {list(CIRKD_PIXEL_MEAN)}, MODEL.PIXEL_STD '
+        f"{list(CIRKD_PIXEL_STD)} (as the CIRKD recipes do), or use ImageNet weights trained on "
+        "this normalisation"
+    ]
+
+
 def validate_config(
     cfg: Any,
     mode: str,
@@ -305,6 +354,7 @@ def validate_config(
         problems += _weights_problems(cfg, mode, resume)
     if mode == "train":
         problems += _batch_norm_problems(cfg, world_size)
+        problems += _pretrained_normalisation_problems(cfg)
     if problems:
         what = {"train": "training", "eval": "evaluation", "export": "export"}.get(mode, mode)
         raise ConfigError(

@@ -39,6 +39,9 @@ __all__ = [
     "build_backbone",
     "load_pretrained",
     "unwrap_state_dict",
+    "CIRKD_STEM",
+    "is_cirkd_backbone_state",
+    "cirkd_backbone_key",
     "freeze_batchnorm",
     "resolve_norm_layer",
     "register_backbone",
@@ -201,6 +204,9 @@ class SegBackbone(nn.Module):
     """
 
     first_conv_key: str = ""
+    # "" (random init), "timm" (timm / torchvision / converted file) or "cirkd" (CIRKD's
+    # ResNetV1b ImageNet file, loaded as it is): set by load_pretrained
+    pretrained_layout: str = ""
     pretrained_ignore_prefixes: tuple[str, ...] = ("fc.", "classifier.", "head.")
 
     def __init__(self, arch: str, in_chans: int, output_stride: int) -> None:
@@ -429,6 +435,35 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
+# CIRKD's ResNetV1b deep ("v1s") stem module -> the timm deep-stem module of the ``resnet*v1s``
+# backbones (CIRKD's ``resnet*-imagenet.pth`` files use the former names)
+CIRKD_STEM = {
+    "conv1": "conv1.0",
+    "bn1": "conv1.1",
+    "conv2": "conv1.3",
+    "bn2": "conv1.4",
+    "conv3": "conv1.6",
+    "bn3": "bn1",
+}
+_CIRKD_STEM_KEYS = frozenset({"conv1.weight", "conv2.weight", "conv3.weight", "bn3.weight"})
+
+
+def is_cirkd_backbone_state(state: Mapping[str, Any]) -> bool:
+    """Whether a backbone state dict uses CIRKD's ResNetV1b "v1s" names (a deep stem
+    ``conv1/conv2/conv3`` + ``bn3`` at the top level; no timm or torchvision ResNet has them)."""
+    return _CIRKD_STEM_KEYS <= set(state)
+
+
+def cirkd_backbone_key(key: str) -> str:
+    """A CIRKD ResNetV1b key (relative to the backbone) under the ``resnet*v1s`` backbone's name:
+    the deep stem is renamed (:data:`CIRKD_STEM`), residual stages and the classifier keep
+    theirs."""
+    top, dot, rest = key.partition(".")
+    if dot and top in CIRKD_STEM:
+        return f"{CIRKD_STEM[top]}.{rest}"
+    return key
+
+
 def load_pretrained(
     backbone: SegBackbone, path: str, extra_chans_init_std: float | None = None
 ) -> None:
@@ -436,7 +471,12 @@ def load_pretrained(
 
     Accepts a ``torch.save`` file (raw state dict or one nested under ``state_dict``/``model``)
     or a ``.safetensors`` file; ``module.`` prefixes are stripped and classifier keys
-    (``backbone.pretrained_ignore_prefixes``) are skipped. When
+    (``backbone.pretrained_ignore_prefixes``) are skipped. CIRKD's ImageNet files
+    (``resnet18/50/101-imagenet.pth``, "v1s" names, :func:`is_cirkd_backbone_state`) load as they
+    are into the ``resnet*v1s`` backbones: their keys are renamed in memory
+    (:func:`cirkd_backbone_key`, the renaming of ``tools/convert_checkpoint.py``) and
+    ``backbone.pretrained_layout`` becomes "cirkd" (those weights expect CIRKD's input: BGR minus
+    the Caffe mean, no std). When
     the checkpoint's first conv has 3 input channels and the backbone more, the RGB filters are
     copied and the extra input filters drawn from N(0, std²) with
     ``std = extra_chans_init_std`` (default: ``backbone.extra_chans_init_std``).
@@ -458,6 +498,9 @@ def load_pretrained(
         obj = load_checkpoint_file(path, "pretrained backbone weights", weights_only=True)
     ckpt = unwrap_state_dict(obj, f"pretrained file '{path}'")
     own = backbone.state_dict()
+    cirkd = is_cirkd_backbone_state(ckpt)
+    if cirkd:
+        ckpt = {cirkd_backbone_key(k): v for k, v in ckpt.items()}
     std = backbone.extra_chans_init_std if extra_chans_init_std is None else extra_chans_init_std
 
     ignored = [
@@ -500,16 +543,24 @@ def load_pretrained(
             parts.append(f"unexpected keys: {short_list(unexpected, 20)}")
         if mismatched:
             parts.append(f"shape mismatches: {short_list(mismatched, 20)}")
+        hint = ""
+        if cirkd and not backbone.arch.endswith("v1s"):
+            hint = (
+                ". The file holds CIRKD ResNetV1b weights, which fit the deep-stem 'resnet*v1s' "
+                "backbones: set MODEL.SEG_BACKBONE.ARCH to resnet18v1s / resnet50v1s / resnet101v1s"
+            )
         raise ValueError(
             f"pretrained weights '{path}' do not fit backbone '{backbone.arch}' "
-            f"(in_chans={backbone.in_chans}): " + "; ".join(parts)
+            f"(in_chans={backbone.in_chans}): " + "; ".join(parts) + hint
         )
     for k in own:
         if k not in ckpt:  # num_batches_tracked absent from old checkpoints
             ckpt[k] = own[k]
     backbone.load_state_dict(ckpt, strict=True)
+    backbone.pretrained_layout = "cirkd" if cirkd else "timm"
     logger.info(
-        "loaded pretrained backbone weights from %s (%d tensors, skipped classifier keys: %s)",
+        "loaded pretrained %sbackbone weights from %s (%d tensors, skipped classifier keys: %s)",
+        "CIRKD ResNetV1b " if cirkd else "",
         path,
         len(ckpt),
         ignored or "none",

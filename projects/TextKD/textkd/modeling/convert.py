@@ -37,7 +37,13 @@ from typing import Any
 
 import torch
 
-from .backbones import build_backbone, unwrap_state_dict
+from .backbones import (
+    CIRKD_STEM,
+    build_backbone,
+    cirkd_backbone_key,
+    is_cirkd_backbone_state,
+    unwrap_state_dict,
+)
 from .stdc import STDC_LAYERS  # also registers the stdc1/stdc2 backbones
 from .weights import compare_state_dicts, load_checkpoint_file, short_list
 
@@ -74,16 +80,9 @@ CIRKD_PIXEL_STD = (1.0, 1.0, 1.0)
 IMAGENET_PIXEL_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_PIXEL_STD = (58.395, 57.12, 57.375)
 
-# CIRKD deep ("v1s") stem module -> TextKD (timm deep stem) module, and back
-_CIRKD_STEM = {
-    "conv1": "conv1.0",
-    "bn1": "conv1.1",
-    "conv2": "conv1.3",
-    "bn2": "conv1.4",
-    "conv3": "conv1.6",
-    "bn3": "bn1",
-}
-_TEXTKD_STEM = {v: k for k, v in _CIRKD_STEM.items()}
+# CIRKD deep ("v1s") stem module -> TextKD (timm deep stem) module (one table, in backbones.py,
+# which loads CIRKD's ImageNet files directly), and back
+_TEXTKD_STEM = {v: k for k, v in CIRKD_STEM.items()}
 _CIRKD_TOP = {"pretrained": "backbone", "head": "head", "auxlayer": "aux_head"}
 _TEXTKD_TOP = {v: k for k, v in _CIRKD_TOP.items()}
 
@@ -213,7 +212,7 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
     keys = set(state)
     if any(k.startswith("pretrained.") for k in keys) and any(k.startswith("head.") for k in keys):
         return "cirkd"
-    if {"conv1.weight", "conv2.weight", "conv3.weight", "bn3.weight"} <= keys:
+    if is_cirkd_backbone_state(state):
         return "cirkd-backbone"
     if "features.0.0.weight" in keys and "features.1.conv.0.0.weight" in keys:
         return "torchvision"
@@ -241,11 +240,7 @@ def _split_first(key: str, table: Mapping[str, str], max_parts: int = 2) -> tupl
 
 def _cirkd_backbone_key(key: str, deep_stem: bool) -> str:
     """CIRKD ResNetV1b key (relative to the backbone) -> TextKD backbone key."""
-    if deep_stem:
-        hit = _split_first(key, _CIRKD_STEM, max_parts=1)
-        if hit is not None:
-            return f"{hit[0]}.{hit[1]}"
-    return key
+    return cirkd_backbone_key(key) if deep_stem else key
 
 
 def cirkd_to_textkd_key(key: str, deep_stem: bool = True) -> str:
