@@ -150,6 +150,10 @@ def add_textkd_config(cfg: CN) -> None:
     # random factor in SCALE_RANGE, cropped to INPUT.CROP.SIZE (padding label 255) and flipped
     _C.INPUT.BASE_SIZE = 0
     _C.INPUT.SCALE_RANGE = [0.5, 2.0]
+    # discrete scale factors drawn with equal probability instead of SCALE_RANGE, applied as
+    # CIRKD's datasets do (cv2.resize with fx = fy = factor); the reference recipes use CIRKD's
+    # 0.5 + randint(0, 15) / 10, i.e. [0.5, 0.6, ..., 2.0]; [] = draw from SCALE_RANGE
+    _C.INPUT.SCALE_SET = []
     _C.INPUT.FLIP = True
     # evaluation: whole image at its original size (0) or resized so the long side is TEST_SIZE
     _C.INPUT.TEST_SIZE = 0

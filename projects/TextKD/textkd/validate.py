@@ -13,7 +13,9 @@ config node before it builds anything; a configuration that cannot be meant stop
 * keys that the config accepts but TextKD does not use (detectron2's generic ones such as
   ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT``, and TextKD keys that the chosen model ignores, e.g.
   ``MODEL.DISTILL.*`` in a single-model config) when set to a value other than the default;
-* training with plain BatchNorm on one image per GPU.
+* training with plain BatchNorm on one image per GPU;
+* an ``INPUT.SCALE_SET`` (discrete training scales) holding a value that is not a finite number
+  > 0.
 
 The config is read as nested mappings with attribute access (a detectron2 / yacs ``CfgNode``);
 ``defaults`` is a config node of the same kind holding the default values (the edge passes
@@ -30,7 +32,14 @@ from typing import Any
 from .modeling.backbones import norm_name
 from .modeling.weights import check_checkpoint_file
 
-__all__ = ["ConfigError", "MODES", "validate_config", "unused_key_problems", "number_problems"]
+__all__ = [
+    "ConfigError",
+    "MODES",
+    "validate_config",
+    "unused_key_problems",
+    "number_problems",
+    "scale_set_problems",
+]
 
 MODES = ("train", "eval", "export", "benchmark")
 
@@ -282,6 +291,25 @@ def _batch_norm_problems(cfg: Any, world_size: int) -> list[str]:
     ]
 
 
+def scale_set_problems(cfg: Any) -> list[str]:
+    """``INPUT.SCALE_SET`` must be a list of finite numbers > 0 ([] = draw from
+    ``INPUT.SCALE_RANGE``)."""
+    values = _get(cfg, "INPUT.SCALE_SET", []) or []
+    if not isinstance(values, (list, tuple)):
+        return [
+            f"INPUT.SCALE_SET is {values!r}: it must be a list of scale factors > 0, e.g. "
+            "[0.5, 0.75, 1.0] ([] draws continuously from INPUT.SCALE_RANGE)"
+        ]
+    bad = [v for v in values if not (_is_number(v) and math.isfinite(v) and v > 0)]
+    if not bad:
+        return []
+    return [
+        f"INPUT.SCALE_SET is {list(values)}: {bad} {'is' if len(bad) == 1 else 'are'} not a "
+        "finite number > 0; every entry is an image scale factor (CIRKD's set is 0.5, 0.6, ..., "
+        "2.0; [] draws continuously from INPUT.SCALE_RANGE)"
+    ]
+
+
 def validate_config(
     cfg: Any,
     mode: str,
@@ -298,7 +326,7 @@ def validate_config(
     unused-key check (skipped when None)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    problems = number_problems(cfg)
+    problems = number_problems(cfg) + scale_set_problems(cfg)
     if defaults is not None:
         problems += unused_key_problems(cfg, defaults)
     if mode in ("train", "eval"):
