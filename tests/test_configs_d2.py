@@ -105,12 +105,18 @@ def _parse(rel: str) -> re.Match | None:
     return NAME_RE.match(Path(rel).stem)
 
 
-# the reference recipes: named <head>_<backbone>_<method>[_<iters>k_bs16]; not the recipes with a
-# detectron2 teacher (configs/<Dataset>/detectron2/) nor the converted CIRKD checkpoint's config
+# the recipes: named <head>_<backbone>_<method>[_<iters>k_bs16]; not the recipes with a
+# detectron2 teacher (configs/<Dataset>/detectron2/) nor the converted CIRKD checkpoint's config,
+# nor the reference scripts' recipes (configs/<Dataset>/reference/: KD + method + adversarial /
+# memory terms, CIRKD's normalisation and scale set), which tests/test_reference_recipes_d2.py
+# checks against the reference scripts
 RECIPES = [
     r
     for r in ALL_CONFIGS
-    if _parse(r) and "/detectron2/" not in r and "_converted_teacher" not in r
+    if _parse(r)
+    and "/detectron2/" not in r
+    and "/reference/" not in r
+    and "_converted_teacher" not in r
 ]
 
 

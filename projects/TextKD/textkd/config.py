@@ -100,6 +100,18 @@ def add_textkd_config(cfg: CN) -> None:
     #   TERMS: {cwd_logits: {METHOD: cwd, INPUT: logits, WEIGHT: 3.0, TEMPERATURE: 4.0}}
     _C.MODEL.DISTILL.TERMS = CN(new_allowed=True)
 
+    # holistic adversarial term of CIRKD's SKD/IFVD/CWD recipes (METHODS.md section 1): generator
+    # weight lambda_adv (reference 0.001 when enabled) and discriminator weight lambda_d (0.1).
+    # Placeholder node: the term itself lands with its own branch.
+    _C.MODEL.DISTILL.ADVERSARIAL = CN()
+    _C.MODEL.DISTILL.ADVERSARIAL.WEIGHT = 0.0
+    _C.MODEL.DISTILL.ADVERSARIAL.D_WEIGHT = 0.1
+    # CIRKD memory-based pixel / region contrast (reference 0.1 each when enabled; 0.01 on VOC).
+    # Placeholder node: the term itself lands with its own branch.
+    _C.MODEL.DISTILL.CIRKD_MEMORY = CN()
+    _C.MODEL.DISTILL.CIRKD_MEMORY.PIXEL_WEIGHT = 0.0
+    _C.MODEL.DISTILL.CIRKD_MEMORY.REGION_WEIGHT = 0.0
+
     # text-assisted plugins (METHODS.md section 2)
     _C.MODEL.DISTILL.TEXT = CN()
     _C.MODEL.DISTILL.TEXT.INPUT = "feature"
@@ -138,6 +150,10 @@ def add_textkd_config(cfg: CN) -> None:
     # random factor in SCALE_RANGE, cropped to INPUT.CROP.SIZE (padding label 255) and flipped
     _C.INPUT.BASE_SIZE = 0
     _C.INPUT.SCALE_RANGE = [0.5, 2.0]
+    # discrete scale factors drawn with equal probability instead of SCALE_RANGE, applied as
+    # CIRKD's datasets do (cv2.resize with fx = fy = factor); the reference recipes use CIRKD's
+    # 0.5 + randint(0, 15) / 10, i.e. [0.5, 0.6, ..., 2.0]; [] = draw from SCALE_RANGE
+    _C.INPUT.SCALE_SET = []
     _C.INPUT.FLIP = True
     # evaluation: whole image at its original size (0) or resized so the long side is TEST_SIZE
     _C.INPUT.TEST_SIZE = 0

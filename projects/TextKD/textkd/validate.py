@@ -17,6 +17,8 @@ config node before it builds anything; a configuration that cannot be meant stop
 * training from CIRKD's ImageNet backbone weights (``MODEL.SEG_BACKBONE.PRETRAINED`` a
   ``resnet*-imagenet.pth`` of the CIRKD codebase) with another input normalisation than the one
   they were trained with (BGR images minus the Caffe mean, no std).
+* an ``INPUT.SCALE_SET`` (discrete training scales) holding a value that is not a finite number
+  > 0.
 
 The config is read as nested mappings with attribute access (a detectron2 / yacs ``CfgNode``);
 ``defaults`` is a config node of the same kind holding the default values (the edge passes
@@ -36,7 +38,14 @@ from .modeling.backbones import is_cirkd_backbone_state, norm_name, unwrap_state
 from .modeling.convert import CIRKD_PIXEL_MEAN, CIRKD_PIXEL_STD
 from .modeling.weights import check_checkpoint_file, load_checkpoint_file
 
-__all__ = ["ConfigError", "MODES", "validate_config", "unused_key_problems", "number_problems"]
+__all__ = [
+    "ConfigError",
+    "MODES",
+    "validate_config",
+    "unused_key_problems",
+    "number_problems",
+    "scale_set_problems",
+]
 
 MODES = ("train", "eval", "export", "benchmark")
 
@@ -331,6 +340,25 @@ def _pretrained_normalisation_problems(cfg: Any) -> list[str]:
     ]
 
 
+def scale_set_problems(cfg: Any) -> list[str]:
+    """``INPUT.SCALE_SET`` must be a list of finite numbers > 0 ([] = draw from
+    ``INPUT.SCALE_RANGE``)."""
+    values = _get(cfg, "INPUT.SCALE_SET", []) or []
+    if not isinstance(values, (list, tuple)):
+        return [
+            f"INPUT.SCALE_SET is {values!r}: it must be a list of scale factors > 0, e.g. "
+            "[0.5, 0.75, 1.0] ([] draws continuously from INPUT.SCALE_RANGE)"
+        ]
+    bad = [v for v in values if not (_is_number(v) and math.isfinite(v) and v > 0)]
+    if not bad:
+        return []
+    return [
+        f"INPUT.SCALE_SET is {list(values)}: {bad} {'is' if len(bad) == 1 else 'are'} not a "
+        "finite number > 0; every entry is an image scale factor (CIRKD's set is 0.5, 0.6, ..., "
+        "2.0; [] draws continuously from INPUT.SCALE_RANGE)"
+    ]
+
+
 def validate_config(
     cfg: Any,
     mode: str,
@@ -347,7 +375,7 @@ def validate_config(
     unused-key check (skipped when None)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    problems = number_problems(cfg)
+    problems = number_problems(cfg) + scale_set_problems(cfg)
     if defaults is not None:
         problems += unused_key_problems(cfg, defaults)
     if mode in ("train", "eval"):

@@ -52,6 +52,9 @@ class TextKDSemSegDatasetMapper:
         ignore_value: value of ignored pixels in the output (files use 255).
         crop_size: (h, w) training crop, or None for no crop.
         scale_range: (min, max) random scale factor range, or None for no random scaling.
+        scale_set: discrete scale factors drawn with equal probability, applied as CIRKD does
+            (see :func:`textkd.data.transforms.rescale_by_factor`); when non-empty it replaces
+            ``scale_range``.
         base_size: training resize of the long side before scaling (0 = keep).
         flip: random horizontal flip in training.
         pixel_mean: per-channel image padding value (``MODEL.PIXEL_MEAN``, same channel order as
@@ -73,6 +76,7 @@ class TextKDSemSegDatasetMapper:
         ignore_value: int = IGNORE_LABEL,
         crop_size: Sequence[int] | None = None,
         scale_range: Sequence[float] | None = (0.5, 2.0),
+        scale_set: Sequence[float] | None = None,
         base_size: int = 0,
         flip: bool = True,
         pixel_mean: Sequence[float] = (0.0, 0.0, 0.0),
@@ -89,6 +93,7 @@ class TextKDSemSegDatasetMapper:
         self.ignore_value = int(ignore_value)
         self.crop_size = tuple(int(v) for v in crop_size) if crop_size is not None else None
         self.scale_range = tuple(float(v) for v in scale_range) if scale_range else None
+        self.scale_set = T.check_scale_set(scale_set) if scale_set else None
         self.base_size = int(base_size)
         self.flip = bool(flip)
         self.pixel_mean = tuple(float(v) for v in pixel_mean)
@@ -100,7 +105,7 @@ class TextKDSemSegDatasetMapper:
             "test size %d",
             mode,
             self.crop_size,
-            self.scale_range,
+            f"from the set {list(self.scale_set)}" if self.scale_set else self.scale_range,
             self.base_size,
             self.flip,
             self.test_size,
@@ -109,8 +114,8 @@ class TextKDSemSegDatasetMapper:
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:
         """Constructor arguments from a config: INPUT.FORMAT, MODEL.SEM_SEG_HEAD.NUM_CLASSES /
-        IGNORE_VALUE, INPUT.CROP (absolute only), INPUT.SCALE_RANGE / BASE_SIZE / FLIP /
-        TEST_SIZE, MODEL.PIXEL_MEAN."""
+        IGNORE_VALUE, INPUT.CROP (absolute only), INPUT.SCALE_RANGE / SCALE_SET / BASE_SIZE /
+        FLIP / TEST_SIZE, MODEL.PIXEL_MEAN."""
         crop_size = None
         if cfg.INPUT.CROP.ENABLED:
             if cfg.INPUT.CROP.TYPE != "absolute":
@@ -127,6 +132,7 @@ class TextKDSemSegDatasetMapper:
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "crop_size": crop_size,
             "scale_range": scale_range,
+            "scale_set": tuple(cfg.INPUT.SCALE_SET) if cfg.INPUT.SCALE_SET else None,
             "base_size": cfg.INPUT.BASE_SIZE,
             "flip": cfg.INPUT.FLIP,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
@@ -192,6 +198,7 @@ class TextKDSemSegDatasetMapper:
                 rng if rng is not None else self._generator(),
                 crop_size=self.crop_size,
                 scale_range=self.scale_range,
+                scale_set=self.scale_set,
                 base_size=self.base_size,
                 flip=self.flip,
                 pad_value=pad,

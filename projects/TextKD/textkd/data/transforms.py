@@ -1,7 +1,10 @@
 """The reference training augmentation (CIRKD protocol) as pure numpy functions.
 
 Training: optionally resize so the long side is ``base_size``; scale by a random factor drawn
-uniformly from ``scale_range`` (bilinear for the image, nearest for the label); pad bottom/right
+uniformly from ``scale_range``, or, when a ``scale_set`` is given, drawn with equal probability from
+that discrete set and applied as CIRKD's datasets do (``cv2.resize(img, None, fx=s, fy=s)``, the
+factor itself maps the pixels; CIRKD draws from 0.5, 0.6, ..., 2.0) -- bilinear for the image,
+nearest for the label; pad bottom/right
 up to the crop size where the image is smaller (image with the pixel mean, so it normalises to
 0; label with the ignore value); take a random crop; flip horizontally with probability 0.5.
 Images are H×W×C uint8 arrays, labels H×W uint8 arrays (or None). Every random draw comes from
@@ -70,6 +73,44 @@ def random_scale(
     if not 0 < lo <= hi:
         raise ValueError(f"scale range must satisfy 0 < min <= max, got {list(scale_range)}")
     return rescale(image, label, float(rng.uniform(lo, hi)) if hi > lo else lo)
+
+
+def rescale_by_factor(image: np.ndarray, label: Label, factor: float) -> tuple[np.ndarray, Label]:
+    """Scale both sides by ``factor`` the way CIRKD's datasets do:
+    ``cv2.resize(x, None, fx=factor, fy=factor)`` (OpenCV rounds the output size and samples with
+    the factor itself), bilinear for the image, nearest neighbour for the label."""
+    _check(image, label)
+    if not factor > 0:
+        raise ValueError(f"scale factor must be positive, got {factor}")
+    out = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
+    if out.ndim == 2:  # cv2 drops a single channel axis
+        out = out[:, :, None]
+    if label is not None:
+        label = cv2.resize(label, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    return out, label
+
+
+def check_scale_set(scale_set: Sequence[float]) -> tuple[float, ...]:
+    """The discrete scale set as floats; raises when it is empty or holds a value <= 0."""
+    values = tuple(float(v) for v in scale_set)
+    if not values or any(not v > 0 for v in values):
+        raise ValueError(f"scale set must be non-empty with values > 0, got {list(scale_set)}")
+    return values
+
+
+def draw_scale_from_set(scale_set: Sequence[float], rng: np.random.Generator) -> float:
+    """One factor from ``scale_set``, each entry with equal probability (one ``rng.integers``
+    draw, so the result is a function of the generator's state only)."""
+    values = check_scale_set(scale_set)
+    return values[int(rng.integers(0, len(values)))]
+
+
+def random_scale_from_set(
+    image: np.ndarray, label: Label, scale_set: Sequence[float], rng: np.random.Generator
+) -> tuple[np.ndarray, Label]:
+    """Rescale by a factor drawn from ``scale_set`` (:func:`draw_scale_from_set`) with
+    :func:`rescale_by_factor`."""
+    return rescale_by_factor(image, label, draw_scale_from_set(scale_set, rng))
 
 
 def pad_to_size(
@@ -142,14 +183,18 @@ def train_augment(
     flip: bool = True,
     pad_value: Sequence[float] = (0.0, 0.0, 0.0),
     ignore_value: int = 255,
+    scale_set: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, Label]:
     """The reference training augmentation: long side to ``base_size`` (if > 0) -> random scale
-    in ``scale_range`` (if given) -> pad to ``crop_size`` (image: ``pad_value``, label:
-    ``ignore_value``) -> random crop ``crop_size`` (if given) -> random horizontal flip (if
-    ``flip``). Returns contiguous arrays."""
+    from ``scale_set`` (if non-empty, :func:`random_scale_from_set`) or else in ``scale_range``
+    (if given) -> pad to ``crop_size`` (image: ``pad_value``, label: ``ignore_value``) -> random
+    crop ``crop_size`` (if given) -> random horizontal flip (if ``flip``). Returns contiguous
+    arrays."""
     _check(image, label)
     image, label = resize_long_side(image, label, base_size)
-    if scale_range is not None:
+    if scale_set:
+        image, label = random_scale_from_set(image, label, scale_set, rng)
+    elif scale_range is not None:
         image, label = random_scale(image, label, scale_range, rng)
     if crop_size is not None:
         ch, cw = int(crop_size[0]), int(crop_size[1])
