@@ -160,3 +160,13 @@ def add_textkd_config(cfg: CN) -> None:
     # --eval-only without MODEL.WEIGHTS (or --resume without a checkpoint) is refused: it would
     # score a random model. True evaluates random weights on purpose.
     _C.TEXTKD.ALLOW_RANDOM_WEIGHTS = False
+    # keep the best evaluated weights beside the final ones (CIRKD and LAD evaluate every 800
+    # iterations and report the best): OUTPUT_DIR/model_best.pth + model_best.json (metric value,
+    # iteration), and OUTPUT_DIR/final_and_best.json at the end. Acts only when TEST.EVAL_PERIOD
+    # > 0 (the reference recipes set 800).
+    _C.TEXTKD.BEST_CHECKPOINT = CN()
+    _C.TEXTKD.BEST_CHECKPOINT.ENABLED = True
+    # a key of the evaluation results as detectron2 flattens them ("<task>/<metric>"), e.g.
+    # "sem_seg/mIoU", "sem_seg/mIoU_all", "sem_seg_label_code/mIoU" (a LAD teacher)
+    _C.TEXTKD.BEST_CHECKPOINT.METRIC = "sem_seg/mIoU"
+    _C.TEXTKD.BEST_CHECKPOINT.MODE = "max"  # "max" or "min"
