@@ -37,6 +37,9 @@ def add_textkd_config(cfg: CN) -> None:
     _C.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [12, 24, 36]
     _C.MODEL.SEM_SEG_HEAD.PSP_BINS = [1, 2, 3, 6]
     _C.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
+    # dropout after DeepLabV3's ASPP projection (CIRKD 0.5; LAD's official models/deeplabv3.py
+    # 0.01). NOTE: declared here for the LAD recipes; the head wiring is helper F's change
+    _C.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT = 0.5
     _C.MODEL.SEM_SEG_HEAD.OCR_KEY_CHANNELS = 256
     _C.MODEL.SEM_SEG_HEAD.STDC_DETAIL_WEIGHT = 1.0
     _C.MODEL.SEM_SEG_HEAD.AUX = True
@@ -67,6 +70,11 @@ def add_textkd_config(cfg: CN) -> None:
     # what the label channel holds at evaluation: "code" (label_code of the ground truth),
     # "zero" (no label), or "both" (report both; the "code" result is the main one)
     _C.MODEL.LAD.EVAL_LABEL = "both"
+    # with EVAL_LABEL "both": which result is the main one ("sem_seg", the one the best
+    # checkpoint and the report read): "code" (the other is reported as sem_seg_zero_label) or
+    # "zero" (the other as sem_seg_label_code). LAD's official validation feeds a zero label
+    # channel, so its recipes set "zero"
+    _C.MODEL.LAD.EVAL_MAIN = "code"
 
     # ---------------------------------------------------------------- distillation
     _C.MODEL.DISTILL = CN()
