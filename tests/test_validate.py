@@ -52,7 +52,10 @@ def _defaults() -> dict:
         },
         "SOLVER": {"IMS_PER_BATCH": 16},
         "TEST": {"AUG": {"ENABLED": False}, "EVAL_BOTH_MIOU": True},
-        "TEXTKD": {"ALLOW_RANDOM_WEIGHTS": False},
+        "TEXTKD": {
+            "ALLOW_RANDOM_WEIGHTS": False,
+            "BEST_CHECKPOINT": {"ENABLED": True, "METRIC": "sem_seg/mIoU", "MODE": "max"},
+        },
         "OUTPUT_DIR": "",
     }
 
@@ -144,6 +147,29 @@ def test_unused_keys_are_refused_when_set():
     assert unused_key_problems(_cfg(MODEL__RESNETS__DEPTH=101), _defaults())
     other = _cfg(MODEL__RESNETS__DEPTH=101, MODEL__BACKBONE__NAME="MyBackbone")
     assert unused_key_problems(other, _defaults()) == []
+
+
+def test_best_checkpoint_metric_that_cannot_exist_is_refused():
+    key = "TEXTKD__BEST_CHECKPOINT__METRIC"
+    for bad in ("mIoU", "sem_seg/", "/mIoU", "sem_seg/mIoU/x", " sem_seg/mIoU", 3):
+        assert "TEXTKD.BEST_CHECKPOINT.METRIC" in _problems(_cfg(**{key: bad}))
+    msg = _problems(_cfg(**{key: "sem_seg/miou"}))
+    assert "'miou' is not a score" in msg and "mIoU_all" in msg
+    # the second task exists only for a LAD model evaluated with both label channels
+    msg = _problems(_cfg(**{key: "sem_seg_zero_label/mIoU"}))
+    assert "['sem_seg']" in msg
+    lad = _cfg(**{key: "sem_seg_zero_label/mIoU"})
+    lad["MODEL"]["LAD"].update(ENABLED=True, EVAL_LABEL="both", EVAL_MAIN="code")
+    validate_config(lad, "train")
+    lad["MODEL"]["LAD"]["EVAL_MAIN"] = "zero"
+    assert "sem_seg_label_code" in _problems(lad)
+    assert "'max' or 'min'" in _problems(_cfg(TEXTKD__BEST_CHECKPOINT__MODE="best"))
+    # fine: per-class scores (class names are the dataset's), other tasks' evaluators, or off
+    for ok in ("sem_seg/IoU-road", "sem_seg/mIoU_all", "cityscapes_sem_seg/IoU"):
+        validate_config(_cfg(**{key: ok}), "train", defaults=_defaults())
+    validate_config(
+        _cfg(**{key: "x", "TEXTKD__BEST_CHECKPOINT__ENABLED": False}), "train", defaults=_defaults()
+    )
 
 
 def test_plain_batch_norm_with_one_image_per_gpu_is_refused():

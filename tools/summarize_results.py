@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", help="NAME=FOLDER")
     ap.add_argument("--times", help="tsv of step name and seconds, printed below the table")
     args = ap.parse_args(argv)
+    from textkd.report import read_run
+
     rows = []
     for spec in args.runs:
         name, folder = spec.split("=", 1)
@@ -38,12 +40,20 @@ def main(argv=None) -> int:
                 r.get("sem_seg/mIoU_all", float("nan")),
                 r.get("sem_seg/pACC", float("nan")),
                 r.get("sem_seg_zero_label/mIoU"),
+                r.get("sem_seg_label_code/mIoU"),
+                read_run(folder).best,
             )
         )
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'model':<{width}}  mIoU   mIoU(all)  pixAcc")
-    for name, miou, miou_all, pacc, zero in rows:
+    print(f"\n{'model':<{width}}  mIoU   mIoU(all)  pixAcc  (final model)")
+    for name, miou, miou_all, pacc, zero, code, best in rows:
         extra = f"   (without label: mIoU {zero:.2f})" if zero is not None else ""
+        extra += f"   (with the label code: mIoU {code:.2f})" if code is not None else ""
+        if best is not None:
+            extra += (
+                f"   best: {best['metric']} {best['value']:.2f} at iteration "
+                f"{best['iteration']} ({best.get('checkpoint', 'model_best.pth')})"
+            )
         print(f"{name:<{width}}  {miou:5.2f}  {miou_all:9.2f}  {pacc:6.2f}{extra}")
     if args.times and os.path.isfile(args.times):
         print("\nstep times (s):")

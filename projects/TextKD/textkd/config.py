@@ -37,6 +37,9 @@ def add_textkd_config(cfg: CN) -> None:
     _C.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [12, 24, 36]
     _C.MODEL.SEM_SEG_HEAD.PSP_BINS = [1, 2, 3, 6]
     _C.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
+    # dropout after DeepLabV3's ASPP projection (CIRKD 0.5; LAD's official models/deeplabv3.py
+    # 0.01). NOTE: declared here for the LAD recipes; the head wiring is helper F's change
+    _C.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT = 0.5
     _C.MODEL.SEM_SEG_HEAD.OCR_KEY_CHANNELS = 256
     _C.MODEL.SEM_SEG_HEAD.STDC_DETAIL_WEIGHT = 1.0
     _C.MODEL.SEM_SEG_HEAD.AUX = True
@@ -67,6 +70,11 @@ def add_textkd_config(cfg: CN) -> None:
     # what the label channel holds at evaluation: "code" (label_code of the ground truth),
     # "zero" (no label), or "both" (report both; the "code" result is the main one)
     _C.MODEL.LAD.EVAL_LABEL = "both"
+    # with EVAL_LABEL "both": which result is the main one ("sem_seg", the one the best
+    # checkpoint and the report read): "code" (the other is reported as sem_seg_zero_label) or
+    # "zero" (the other as sem_seg_label_code). LAD's official validation feeds a zero label
+    # channel, so its recipes set "zero"
+    _C.MODEL.LAD.EVAL_MAIN = "code"
 
     # ---------------------------------------------------------------- distillation
     _C.MODEL.DISTILL = CN()
@@ -176,3 +184,13 @@ def add_textkd_config(cfg: CN) -> None:
     # --eval-only without MODEL.WEIGHTS (or --resume without a checkpoint) is refused: it would
     # score a random model. True evaluates random weights on purpose.
     _C.TEXTKD.ALLOW_RANDOM_WEIGHTS = False
+    # keep the best evaluated weights beside the final ones (CIRKD and LAD evaluate every 800
+    # iterations and report the best): OUTPUT_DIR/model_best.pth + model_best.json (metric value,
+    # iteration), and OUTPUT_DIR/final_and_best.json at the end. Acts only when TEST.EVAL_PERIOD
+    # > 0 (the reference recipes set 800).
+    _C.TEXTKD.BEST_CHECKPOINT = CN()
+    _C.TEXTKD.BEST_CHECKPOINT.ENABLED = True
+    # a key of the evaluation results as detectron2 flattens them ("<task>/<metric>"), e.g.
+    # "sem_seg/mIoU", "sem_seg/mIoU_all", "sem_seg_label_code/mIoU" (a LAD teacher)
+    _C.TEXTKD.BEST_CHECKPOINT.METRIC = "sem_seg/mIoU"
+    _C.TEXTKD.BEST_CHECKPOINT.MODE = "max"  # "max" or "min"

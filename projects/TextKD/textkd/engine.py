@@ -35,6 +35,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from . import d2  # noqa: F401  (registers meta-architectures, heads, backbones, datasets)
+from .best_checkpoint import add_best_checkpoint_hook
 from .config import add_textkd_config
 from .data.mapper import TextKDSemSegDatasetMapper
 from .data.sampling import KeyedMapDataset, ResumableTrainingSampler, seed_step_rngs
@@ -205,6 +206,22 @@ class TextKDCheckpointer(DetectionCheckpointer):
             data[key] = obj.state_dict()
         data.update(kwargs)
         basename = f"{name}.pth"
+        self._write_atomic(data, basename)
+        self.tag_last_checkpoint(basename)
+
+    def save_weights(self, name: str, **kwargs: Any) -> str | None:
+        """Write ``{"model": weights, **kwargs}`` to ``<save_dir>/<name>.pth`` atomically, as
+        :meth:`save` does, but without optimizer/scheduler/trainer state and without tagging it
+        as ``last_checkpoint`` (``--resume`` goes on from the periodic checkpoints, not from
+        this file): the best checkpoint. Returns the path (None where this process does not
+        save)."""
+        if not self.save_dir or not self.save_to_disk:
+            return None
+        data = {"model": self.model.state_dict()}
+        data.update(kwargs)
+        return self._write_atomic(data, f"{name}.pth")
+
+    def _write_atomic(self, data: dict, basename: str) -> str:
         save_file = os.path.join(self.save_dir, basename)
         tmp = save_file + ".tmp"
         self.logger.info("Saving checkpoint to %s", save_file)
@@ -227,7 +244,7 @@ class TextKDCheckpointer(DetectionCheckpointer):
                     "OUTPUT_DIR to a disk with room) and continue with --resume",
                 ) from e
             raise
-        self.tag_last_checkpoint(basename)
+        return save_file
 
     def _previous_checkpoint_words(self) -> str:
         if not self.has_checkpoint():
@@ -502,7 +519,8 @@ class Trainer(DefaultTrainer):
         self._order_restored = state_dict.get("data_order")
 
     def build_hooks(self):
-        return add_val_image_hook(self.cfg, super().build_hooks())
+        hooks = add_best_checkpoint_hook(self.cfg, self.checkpointer, super().build_hooks())
+        return add_val_image_hook(self.cfg, hooks)
 
     @classmethod
     def build_model(cls, cfg):

@@ -11,7 +11,9 @@ evaluator's ``inference/<dataset>/sem_seg_evaluation.json``. :func:`read_run` re
 * ``val_miou.png``: the validation mIoU over iterations.
 
 The final numbers of a run are its ``sem_seg_evaluation.json`` (the last evaluation written),
-else the last ``sem_seg/*`` row of ``metrics.json``.
+else the last ``sem_seg/*`` row of ``metrics.json``. The best checkpoint of a run that kept one
+(``TEXTKD.BEST_CHECKPOINT``) is read from ``final_and_best.json`` (written at the end of training),
+else from ``model_best.json`` (a run still going), and shown beside the final numbers.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ class RunData:
     """One run: ``label``, ``path``, final ``results`` (``sem_seg`` task: mIoU, IoU-<class>, …),
     ``results_source`` (file they came from), ``losses`` (name -> [(iteration, value)]),
     ``miou_curve`` ([(iteration, mIoU)]) and ``tasks``: the final results of every evaluation
-    task of that file (``sem_seg``, and e.g. a LAD teacher's ``sem_seg_zero_label``)."""
+    task of that file (``sem_seg``, and e.g. a LAD teacher's ``sem_seg_zero_label``);
+    ``best``: the best checkpoint (``metric``, ``value``, ``iteration``, ``checkpoint``,
+    ``results`` flattened as ``<task>/<score>``) or None when the run kept none."""
 
     label: str
     path: str
@@ -45,6 +49,7 @@ class RunData:
     miou_curve: list[tuple[int, float]] = field(default_factory=list)
     role: str = ROLE_STUDENT
     tasks: dict[str, dict] = field(default_factory=dict)
+    best: dict | None = None
 
     @property
     def class_iou(self) -> dict[str, float]:
@@ -113,7 +118,35 @@ def read_run(path: str, label: str | None = None) -> RunData:
             "inference/<dataset>/sem_seg_evaluation.json nor sem_seg/* rows in metrics.json "
             "(evaluate it with tools/train_net.py --eval-only OUTPUT_DIR <this folder>)"
         )
-    return RunData(label, path, tasks["sem_seg"], source, losses, curve, tasks=tasks)
+    return RunData(
+        label, path, tasks["sem_seg"], source, losses, curve, tasks=tasks, best=_read_best(path)
+    )
+
+
+def _read_best(path: str) -> dict | None:
+    """The best checkpoint of a run directory (see the module docstring), or None."""
+    summary = os.path.join(path, "final_and_best.json")
+    record = os.path.join(path, "model_best.json")
+    if os.path.isfile(summary):
+        source = summary
+        with open(summary) as f:
+            data = json.load(f)
+        best = data.get("best")
+        if best is None:
+            return None
+        best = dict(best, metric=data.get("metric"))
+    elif os.path.isfile(record):
+        source = record
+        with open(record) as f:
+            best = json.load(f)
+    else:
+        return None
+    for key in ("metric", "value", "iteration"):
+        if key not in best:
+            raise ValueError(f"{source} has no {key!r}: not a TextKD best-checkpoint record")
+    best.setdefault("results", {})
+    best["source"] = source
+    return best
 
 
 # --------------------------------------------------------------------------- figures
@@ -209,6 +242,13 @@ def _signed(v: float) -> str:
     return "–" if math.isnan(v) else f"{v:+.2f}"
 
 
+def _best_words(best: dict | None) -> str:
+    """``<metric> <value> @ iteration <it>`` of a run's best checkpoint, or "–"."""
+    if best is None:
+        return "–"
+    return f"{best['metric']} {_fmt(best['value'])} @ iteration {best['iteration']}"
+
+
 def write_report(
     runs: Sequence[RunData],
     output: str,
@@ -279,6 +319,10 @@ def write_report(
     lines = [f"# {title}", ""]
     head = "| run | role | mIoU | mIoU (all) | pACC |"
     sep = "|---|---|---|---|---|"
+    with_best = any(r.best is not None for r in runs)
+    if with_best:
+        head += " best checkpoint |"
+        sep += "---|"
     if base is not None:
         head += f" Δ mIoU vs {base.label} |"
         sep += "---|"
@@ -290,6 +334,8 @@ def write_report(
         m = _num(r.results.get("mIoU"))
         row = f"| {r.label} | {r.role} | {_fmt(m)} | {_fmt(r.results.get('mIoU_all'))} | "
         row += f"{_fmt(r.results.get('pACC'))} |"
+        if with_best:
+            row += f" {_best_words(r.best)} |"
         if base is not None:
             row += f" {_signed(m - _num(base.results.get('mIoU')))} |"
         if base is not None and t is not None and r.role != ROLE_STUDENT:

@@ -19,6 +19,8 @@ config node before it builds anything; a configuration that cannot be meant stop
   they were trained with (BGR images minus the Caffe mean, no std).
 * an ``INPUT.SCALE_SET`` (discrete training scales) holding a value that is not a finite number
   > 0.
+* a ``TEXTKD.BEST_CHECKPOINT.METRIC`` no evaluation of the config can report (malformed, an
+  unknown task or score) or a ``MODE`` other than max/min.
 
 The config is read as nested mappings with attribute access (a detectron2 / yacs ``CfgNode``);
 ``defaults`` is a config node of the same kind holding the default values (the edge passes
@@ -45,6 +47,8 @@ __all__ = [
     "unused_key_problems",
     "number_problems",
     "scale_set_problems",
+    "best_checkpoint_problems",
+    "evaluation_tasks",
 ]
 
 MODES = ("train", "eval", "export", "benchmark")
@@ -237,6 +241,63 @@ def unused_key_problems(cfg: Any, defaults: Any) -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------- best checkpoint
+
+# the scores of one task of TextKD's evaluator (evaluation/metrics.py:compute_metrics)
+_METRIC_NAMES = ("mIoU", "mIoU_all", "fwIoU", "mACC", "pACC")
+_PER_CLASS_PREFIXES = ("IoU-", "ACC-")
+
+
+def evaluation_tasks(cfg: Any) -> tuple[str, ...]:
+    """The evaluation tasks (first part of a flattened result key) the configured model reports
+    through TextKD's evaluator: ``sem_seg``, and for a LAD model evaluated with both label
+    channels the second one (``sem_seg_zero_label`` or ``sem_seg_label_code``, see
+    ``MODEL.LAD.EVAL_MAIN``)."""
+    tasks = ["sem_seg"]
+    if _get(cfg, "MODEL.LAD.ENABLED", False) and _get(cfg, "MODEL.LAD.EVAL_LABEL") == "both":
+        main = _get(cfg, "MODEL.LAD.EVAL_MAIN", "code")
+        tasks.append("sem_seg_zero_label" if main == "code" else "sem_seg_label_code")
+    return tuple(tasks)
+
+
+def best_checkpoint_problems(cfg: Any) -> list[str]:
+    """A ``TEXTKD.BEST_CHECKPOINT`` that cannot select anything: a mode other than max/min, or a
+    metric that no evaluation of this config can report (malformed, an unknown task of TextKD's
+    evaluator, or an unknown score name). Per-class keys (``IoU-<class>``) and the Cityscapes
+    evaluator's task are only checked for their form (class names are the dataset's)."""
+    node = _get(cfg, "TEXTKD.BEST_CHECKPOINT")
+    if not isinstance(node, Mapping) or not node.get("ENABLED", False):
+        return []
+    problems = []
+    mode = node.get("MODE")
+    if mode not in ("max", "min"):
+        problems.append(f"TEXTKD.BEST_CHECKPOINT.MODE is {mode!r}: use 'max' or 'min'")
+    metric = node.get("METRIC")
+    key = "TEXTKD.BEST_CHECKPOINT.METRIC"
+    parts = metric.split("/") if isinstance(metric, str) else []
+    if len(parts) != 2 or not all(p and p == p.strip() for p in parts):
+        problems.append(
+            f"{key} is {metric!r}: it must be a key of the evaluation results as detectron2 "
+            "flattens them, '<task>/<score>', e.g. 'sem_seg/mIoU'"
+        )
+        return problems
+    task, name = parts
+    tasks = evaluation_tasks(cfg)
+    if task.startswith("cityscapes"):
+        return problems
+    if task not in tasks:
+        problems.append(
+            f"{key} is {metric!r}: this config's evaluation reports the task(s) {list(tasks)} "
+            f"(not {task!r}); e.g. '{tasks[-1]}/mIoU'"
+        )
+    elif name not in _METRIC_NAMES and not name.startswith(_PER_CLASS_PREFIXES):
+        problems.append(
+            f"{key} is {metric!r}: {name!r} is not a score of the evaluation; use one of "
+            f"{list(_METRIC_NAMES)} or a per-class 'IoU-<class>' / 'ACC-<class>'"
+        )
+    return problems
+
+
 # --------------------------------------------------------------------------- run-level checks
 
 
@@ -383,6 +444,7 @@ def validate_config(
     if mode == "train":
         problems += _batch_norm_problems(cfg, world_size)
         problems += _pretrained_normalisation_problems(cfg)
+        problems += best_checkpoint_problems(cfg)
     if problems:
         what = {"train": "training", "eval": "evaluation", "export": "export"}.get(mode, mode)
         raise ConfigError(

@@ -118,14 +118,28 @@ class LADSettings:
         code_sigma: float,
         dual_path: bool,
         eval_label: str,
+        eval_main: str = "code",
     ):
         if eval_label not in ("code", "zero", "both"):
             raise ValueError(f"MODEL.LAD.EVAL_LABEL must be code, zero or both, got {eval_label!r}")
+        if eval_main not in ("code", "zero"):
+            raise ValueError(f"MODEL.LAD.EVAL_MAIN must be code or zero, got {eval_main!r}")
         self.alpha = alpha
         self.sigma = sigma
         self.code_sigma = code_sigma
         self.dual_path = dual_path
         self.eval_label = eval_label
+        self.eval_main = eval_main
+
+    def eval_keys(self) -> dict[str, str]:
+        """``{label channel mode: prediction key}`` of an evaluation: the main result is
+        ``sem_seg``; with ``eval_label`` "both" the other is ``sem_seg_zero_label`` (main "code")
+        or ``sem_seg_label_code`` (main "zero")."""
+        if self.eval_label != "both":
+            return {self.eval_label: "sem_seg"}
+        if self.eval_main == "code":
+            return {"code": "sem_seg", "zero": "sem_seg_zero_label"}
+        return {"zero": "sem_seg", "code": "sem_seg_label_code"}
 
     def label_input(
         self,
@@ -165,6 +179,7 @@ class LADSettings:
             code_sigma=cfg.MODEL.LAD.CODE_SIGMA,
             dual_path=cfg.MODEL.LAD.DUAL_PATH,
             eval_label=cfg.MODEL.LAD.EVAL_LABEL,
+            eval_main=cfg.MODEL.LAD.EVAL_MAIN,
         )
 
 
@@ -356,8 +371,9 @@ class TextKDSemanticSegmentor(nn.Module):
     @torch.no_grad()
     def inference(self, batched_inputs: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
         """Per image ``{"sem_seg": K×H×W scores}`` at the original image size. A LAD model
-        returns its prediction with the label code under ``sem_seg`` and without the label
-        (zero channel) under ``sem_seg_zero_label``, as ``MODEL.LAD.EVAL_LABEL`` asks; the
+        returns its prediction with the label code and without the label (zero channel) as
+        ``MODEL.LAD.EVAL_LABEL`` asks, the main one (``EVAL_MAIN``) under ``sem_seg``, the other
+        under ``sem_seg_zero_label`` / ``sem_seg_label_code`` (:meth:`LADSettings.eval_keys`); the
         code's pixel noise is drawn from a generator seeded with ``EVAL_CODE_SEED`` per batch."""
         need_targets = self.lad is not None and self.lad.eval_label in ("code", "both")
         images, targets = self.preprocess(batched_inputs, need_targets=need_targets)
@@ -366,18 +382,20 @@ class TextKDSemanticSegmentor(nn.Module):
         if self.lad is None:
             runs["sem_seg"] = self.run_segmentor(x, with_aux=False).logits
         else:
-            if self.lad.eval_label in ("code", "both"):
+            keys = self.lad.eval_keys()
+            if "code" in keys:
                 # the code's pixel noise comes from a generator seeded per batch, so an
                 # evaluation is reproducible (eval-only gives the end-of-training numbers)
                 gen = torch.Generator(device=x.device).manual_seed(EVAL_CODE_SEED)
-                runs["sem_seg"] = self.run_segmentor(
+                runs[keys["code"]] = self.run_segmentor(
                     self._label_input(x, targets, "code", generator=gen), with_aux=False
                 ).logits
-            if self.lad.eval_label in ("zero", "both"):
-                key = "sem_seg" if self.lad.eval_label == "zero" else "sem_seg_zero_label"
-                runs[key] = self.run_segmentor(
+            if "zero" in keys:
+                runs[keys["zero"]] = self.run_segmentor(
                     self._label_input(x, targets, "zero"), with_aux=False
                 ).logits
+            # the main result first (evaluators report the tasks in this order)
+            runs = dict(sorted(runs.items(), key=lambda kv: kv[0] != "sem_seg"))
         return self.postprocess(runs, batched_inputs, images)
 
     def postprocess(
