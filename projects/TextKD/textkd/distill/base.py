@@ -86,7 +86,9 @@ class TermContext:
     ``student_channels`` / ``teacher_channels``: output name -> channel count (``None`` for an
     output a model lacks); ``text_embeddings``: a callable returning the K×D text bank (called
     only by terms that need it, so a run without text plugins never builds one); ``sync_bn``:
-    whether BatchNorm layers of the term should be SyncBatchNorm, like the student's."""
+    whether BatchNorm layers of the term should be SyncBatchNorm, like the student's; ``seed``:
+    the run's seed (``SEED``) for terms that draw random choices identical on every rank (< 0:
+    such a term draws one seed and shares it)."""
 
     num_classes: int
     ignore_label: int = 255
@@ -94,6 +96,7 @@ class TermContext:
     teacher_channels: Mapping[str, int | None] = field(default_factory=dict)
     text_embeddings: Callable[[], torch.Tensor] | None = None
     sync_bn: bool = False
+    seed: int = 0
 
 
 class TrainingTerm(nn.Module):
