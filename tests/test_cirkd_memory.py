@@ -207,3 +207,52 @@ def test_all_ignored_batch_gives_zero_connected_losses():
     sum(out.values()).backward()
     assert s.grad is not None
     assert term.pixel_ptr.tolist() == [0, 0, 0]
+
+
+def _gloo_rank(rank: int, init: str, result_dir: str) -> None:
+    """One of two gloo ranks with different batch and spatial sizes: forward the term once."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(100 + rank)  # per-rank global RNG, as the trainer seeds it
+    term = CIRKDMemory(3, 4, 6, pixel_memory_size=50, region_memory_size=7, seed=-1).train()
+    gen = torch.Generator().manual_seed(rank)
+    b, h, w = (2, 5, 6) if rank == 0 else (1, 4, 7)
+    s = torch.randn(b, 4, h, w, generator=gen)
+    t = torch.randn(b, 6, h, w, generator=gen)
+    y = torch.randint(0, 3, (b, h, w), generator=gen)
+    y[0, 0] = 255
+    term(_out(s), _out(t), y, iteration=4)
+    torch.save({"state": term.state_dict(), "t": t, "y": y}, f"{result_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_of_other_sizes_enqueue_the_same(tmp_path):
+    """Ranks with other batch and map sizes (pad + mask in the gather) and other global RNGs end
+    with identical queues, equal to enqueuing both ranks' images in one process; with SEED < 0
+    the ranks share rank 0's seed."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_rank, args=(f"file://{tmp_path}/pg", str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    # the memory state (not the head: DDP keeps parameters in step, not the term)
+    for key in CIRKDMemory.rank_synced_buffers:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+    # one process, the same seed, both ranks' images in rank order
+    seed = int(r0["state"]["rng_seed"])
+    fresh = CIRKDMemory(3, 4, 6, pixel_memory_size=50, region_memory_size=7, seed=seed)
+    t = torch.zeros(3, 6, 5, 7)
+    y = torch.full((3, 5, 7), 255)
+    t[:2, :, :5, :6], y[:2, :5, :6] = torch.nn.functional.normalize(r0["t"], dim=1), r0["y"]
+    t[2:, :, :4, :7], y[2:, :4, :7] = torch.nn.functional.normalize(r1["t"], dim=1), r1["y"]
+    sizes = torch.tensor([[5, 6], [5, 6], [4, 7]])
+    from textkd.distill.cirkd_memory import _groups
+
+    counts = _groups(y, 3, 255)[2]
+    keys, _, _ = fresh.random_choices(counts, 4)
+    enqueue(fresh.state, t, y, keys, sizes=sizes)
+    for name in ("pixel_queue", "pixel_ptr", "region_queue", "region_ptr"):
+        torch.testing.assert_close(getattr(fresh, name), r0["state"][name], rtol=0, atol=1e-6)
+    assert int(r0["state"]["pixel_ptr"].sum()) > 0
