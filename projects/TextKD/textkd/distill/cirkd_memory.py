@@ -483,7 +483,8 @@ class CIRKDMemory(TrainingTerm):
         s, t = _align(s, t, "cirkd_memory", same_channels=False)
         check_labels(targets, self.num_classes, self.ignore_label)
         t = F.normalize(t, p=2, dim=1)
-        s = F.normalize(self.project_head(s), p=2, dim=1)
+        # the head may run under autocast; the similarities and the KL are float32
+        s = F.normalize(self.project_head(s).float(), p=2, dim=1)
         labels = resize_labels(targets.to(t.device), tuple(t.shape[-2:]))
         step = int(self.steps) if iteration is None else int(iteration)
         feats_all, labels_all, sizes = t, labels, None
@@ -510,15 +511,16 @@ class CIRKDMemory(TrainingTerm):
             zero = 0.0 * s.pow(2).mean()
             pixel, region = zero, zero
         else:
-            pixel, region = contrast_losses(
-                s_anchor,
-                t_anchor,
-                self.state,
-                pixel_index.to(t.device),
-                region_index.to(t.device),
-                contrast_temperature=self.contrast_temperature,
-                kd_temperature=self.kd_temperature,
-            )
+            with torch.autocast(device_type=s.device.type, enabled=False):
+                pixel, region = contrast_losses(
+                    s_anchor,
+                    t_anchor,
+                    self.state,
+                    pixel_index.to(t.device),
+                    region_index.to(t.device),
+                    contrast_temperature=self.contrast_temperature,
+                    kd_temperature=self.kd_temperature,
+                )
         out = {}
         if self.pixel_weight > 0:
             out["loss_cirkd_memory_pixel"] = self.pixel_weight * pixel

@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["DISTILL_TERMS", "DistillSemanticSegmentor", "build_teacher", "load_teacher_config"]
 
 #: the training terms of a distillation run: ``{attribute: (term class, config path)}``; the
-#: attribute names are the checkpoint prefixes (``distiller.adapters.*``, ``text_distiller.*``)
+#: attribute names are the checkpoint prefixes (``distiller.adapters.*``, ``text_distiller.*``,
+#: ``cirkd_memory.*``)
 DISTILL_TERMS: dict[str, tuple[type[TrainingTerm], str]] = {
     "distiller": (Distiller, "MODEL.DISTILL.TERMS"),
     "text_distiller": (TextDistiller, "MODEL"),
