@@ -197,21 +197,23 @@ def test_decomposed_step_has_the_gradients_of_the_real_step(tmp_path):
     cfg = load_config(
         str(SYN / "deeplabv3_r18_cwd_tcd_trd.yaml"), ["MODEL.TEXT_BANK.SOURCE", "random"]
     )
-    # a narrower R18 teacher: IFVD on features then needs a 1×1 adapter (128 -> 64 channels)
+    # a narrower R18 teacher: CWD on features then needs a 1×1 adapter (128 -> 64 channels)
     cfg.MODEL.DISTILL.TEACHER.OPTS = [
         "MODEL.SEG_BACKBONE.ARCH",
         "resnet18v1s",
         "MODEL.SEM_SEG_HEAD.CHANNELS",
         "64",
     ]
-    cfg.MODEL.DISTILL.TERMS.ifvd = CfgNode({"METHOD": "ifvd", "INPUT": "feature", "WEIGHT": 20.0})
+    cfg.MODEL.DISTILL.TERMS.cwd_feature = CfgNode(
+        {"METHOD": "cwd", "INPUT": "feature", "WEIGHT": 50.0}
+    )
     cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = str(ROOT / cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE)
     cfg.MODEL.DISTILL.TEACHER.WEIGHTS = tool.write_random_teacher(cfg, str(tmp_path), "t", 0)
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
     batch = tool.RandomBatches(2, 40, 40, 8, 255, seed=3).next()
-    assert "ifvd" in model.distiller.adapters
+    assert "cwd_feature" in model.distiller.adapters
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.0)
     with EventStorage(0):
@@ -233,7 +235,7 @@ def test_decomposed_step_has_the_gradients_of_the_real_step(tmp_path):
     assert all(v >= 0 for v in times.values())
     assert set(real) == set(parts) and len(real) == len(params)
     assert any(k.startswith("text_distiller.") for k in real)
-    assert any(k.startswith("distiller.adapters.ifvd") for k in real)
+    assert any(k.startswith("distiller.adapters.cwd_feature") for k in real)
     for name in real:
         torch.testing.assert_close(parts[name], real[name], rtol=1e-4, atol=1e-6, msg=name)
 

@@ -284,12 +284,27 @@ def test_student_is_resized_bilinearly_to_the_teacher(name):
     assert LOSSES[name](s, t).item() == pytest.approx(LOSSES[name](resized, t).item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+# losses that compare each model's own similarity structure (METHODS.md §1): any two widths
+SIMILARITY_LOSSES = ("skd", "ifvd", "cirkd", "cirkd_pool")
+
+
+@pytest.mark.parametrize("name", sorted(set(LOSSES) - set(SIMILARITY_LOSSES)))
 def test_channel_mismatch_names_both_shapes(name):
     s, t = _rand(2, 3, 6, 5), _rand(2, 4, 6, 5)
     with pytest.raises(ValueError) as err:
         LOSSES[name](s, t)
     assert "(2, 3, 6, 5)" in str(err.value) and "(2, 4, 6, 5)" in str(err.value)
+
+
+@pytest.mark.parametrize("name", SIMILARITY_LOSSES)
+def test_similarity_losses_take_raw_features_of_other_widths(name):
+    """A 3-channel student against a 4-channel teacher: the loss is that of the student padded
+    with a zero channel (which changes none of its similarities), so the raw width is used."""
+    s, t = _rand(2, 3, 6, 5, seed=25), _rand(2, 4, 6, 5, seed=26)
+    padded = torch.cat([s, torch.zeros(2, 1, 6, 5)], dim=1)
+    got = LOSSES[name](s, t)
+    assert torch.isfinite(got) and got.item() > 0
+    assert got.item() == pytest.approx(LOSSES[name](padded, t).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

@@ -117,8 +117,9 @@ def test_adapters_only_for_mismatched_features():
         }
     )
     distiller = Distiller(specs, _channels(student), _channels(teacher), num_classes=K)
-    assert sorted(distiller.adapters.keys()) == ["cwd_feature", "skd"]
-    conv = distiller.adapters["skd"]
+    # only CWD on features compares the maps element by element: SKD takes the raw features
+    assert sorted(distiller.adapters.keys()) == ["cwd_feature"]
+    conv = distiller.adapters["cwd_feature"]
     assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (8, 16, (1, 1))
     same = Distiller(specs, _channels(student), _channels(_output(2)), num_classes=K)
     assert len(same.adapters) == 0
@@ -159,8 +160,7 @@ def test_forward_returns_weighted_named_losses():
         * L.channel_wise_divergence(
             distiller.adapters["cwd_feature"](student.feature), teacher.feature
         ),
-        "loss_ifvd": 20.0
-        * L.ifvd(distiller.adapters["ifvd"](student.feature), teacher.feature, targets, K),
+        "loss_ifvd": 20.0 * L.ifvd(student.feature, teacher.feature, targets, K),
         "loss_dist_aux": 0.4 * L.dist(student.aux_logits, teacher.aux_logits, gamma=2.0),
     }
     for key, value in expected.items():
@@ -206,3 +206,53 @@ def test_student_resized_inside_the_distiller():
     got = distiller(student, teacher)["loss_kd"]
     up = F.interpolate(student.logits, size=(6, 8), mode="bilinear", align_corners=False)
     assert got.item() == pytest.approx(L.pixel_kd(up, teacher.logits).item(), rel=1e-6)
+
+
+def test_similarity_terms_take_raw_features_of_different_widths():
+    """SKD, IFVD and CIRKD pairs compare each model's own similarity structure: with 8 student
+    and 12 teacher channels (and another spatial size) they get no adapter and their value is the
+    loss on the raw features (METHODS.md §1)."""
+    student = _output(10, feat_channels=8, size=(3, 4))
+    teacher = _output(11, feat_channels=12, size=(6, 8))
+    targets = torch.randint(0, K, (2, 24, 32), generator=_gen(12))
+    specs = parse_terms(
+        {
+            "skd": {"METHOD": "skd", "WEIGHT": 10.0},
+            "ifvd": {"METHOD": "ifvd", "WEIGHT": 20.0},
+            "cirkd": {"METHOD": "cirkd", "WEIGHT": 1.0, "TEMPERATURE": 0.1},
+        }
+    )
+    distiller = Distiller(specs, _channels(student), _channels(teacher), K)
+    assert len(distiller.adapters) == 0 and list(distiller.state_dict()) == []
+    out = distiller(student, teacher, targets)
+    fs, ft = student.feature, teacher.feature
+    expected = {
+        "loss_skd": 10.0 * L.structural_kd(fs, ft),
+        "loss_ifvd": 20.0 * L.ifvd(fs, ft, targets, K),
+        "loss_cirkd": L.cirkd_pixel_pairs(fs, ft, temperature=0.1),
+    }
+    for key, value in expected.items():
+        assert out[key].item() == pytest.approx(value.item(), rel=1e-6), key
+    # element-wise losses still refuse differing widths
+    with pytest.raises(ValueError, match="channels differ"):
+        L.channel_wise_divergence(fs, ft)
+
+
+def test_old_checkpoint_adapters_of_similarity_terms_are_dropped_with_a_warning(caplog):
+    student, teacher = _output(13, feat_channels=8), _output(14, feat_channels=16)
+    terms = {
+        "cwd_feature": {"METHOD": "cwd", "INPUT": "feature", "WEIGHT": 50.0},
+        "skd": {"METHOD": "skd", "WEIGHT": 10.0},
+    }
+    distiller = Distiller(parse_terms(terms), _channels(student), _channels(teacher), K)
+    cwd = torch.randn(16, 8, 1, 1, generator=_gen(15))
+    # the layout the earlier code wrote: an adapter for skd too
+    old = {"adapters.cwd_feature.weight": cwd, "adapters.skd.weight": torch.zeros(16, 8, 1, 1)}
+    with caplog.at_level("WARNING", logger="textkd.distill.terms"):
+        result = distiller.load_state_dict(old, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    torch.testing.assert_close(distiller.adapters["cwd_feature"].weight, cwd, rtol=0, atol=0)
+    assert "adapters.skd.weight" in caplog.text and "dropped" in caplog.text
+    # an unknown adapter key is not silently dropped
+    with pytest.raises(RuntimeError, match="adapters.other.weight"):
+        distiller.load_state_dict({**old, "adapters.other.weight": cwd}, strict=True)

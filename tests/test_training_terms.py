@@ -57,6 +57,7 @@ def _model_cfg(tcd=3.0, trd=1.0, mimic=0.0, source="clip", text_input="feature")
                 "TERMS": {
                     "cwd_logits": {"METHOD": "cwd", "WEIGHT": 3.0, "TEMPERATURE": 4.0},
                     "skd": {"METHOD": "skd", "INPUT": "feature", "WEIGHT": 10.0},
+                    "cwd_feature": {"METHOD": "cwd", "INPUT": "feature", "WEIGHT": 50.0},
                     "ifvd": {"METHOD": "ifvd", "WEIGHT": 20.0},
                 },
                 "TCD": {"WEIGHT": tcd, "TEMPERATURE": 4.0, "MODE": "spatial"},
@@ -133,6 +134,7 @@ def test_terms_from_config_equal_the_direct_constructors():
             [
                 "loss_cwd_logits",
                 "loss_skd",
+                "loss_cwd_feature",
                 "loss_ifvd",
                 "loss_text_probe",
                 "loss_tcd",
@@ -159,16 +161,18 @@ def test_each_classic_term_is_a_term_and_the_checkpoint_layout_is_kept():
     distiller = Distiller.from_config(terms, ctx)
     torch.manual_seed(2)
     singles = [ClassicTerm.from_config(node, ctx, name=name) for name, node in terms.items()]
-    assert [type(x) for x in distiller.terms] == [ClassicTerm] * 3
+    assert [type(x) for x in distiller.terms] == [ClassicTerm] * 4
     got = distiller(s, t, y)
     for term in singles:
         (key, value), *rest = term(s, t, y).items()
         assert not rest
         torch.testing.assert_close(got[key], value, rtol=0, atol=0)
-    # adapters are registered once, under the layout of checkpoints written before the terms
-    assert list(distiller.state_dict()) == ["adapters.skd.weight", "adapters.ifvd.weight"]
-    assert distiller.terms[1].adapter is distiller.adapters["skd"]
-    assert singles[0].adapter is None and list(singles[1].state_dict()) == ["adapter.weight"]
+    # adapters are registered once, under the layout of checkpoints written before the terms;
+    # only CWD on features has one (SKD and IFVD take the raw features, METHODS.md §1)
+    assert list(distiller.state_dict()) == ["adapters.cwd_feature.weight"]
+    assert distiller.terms[2].adapter is distiller.adapters["cwd_feature"]
+    assert singles[1].adapter is None and list(singles[1].state_dict()) == []
+    assert list(singles[2].state_dict()) == ["adapter.weight"]
     assert ClassicTerm.from_config({"METHOD": "kd", "WEIGHT": 0}, ctx, name="kd") is None
     with pytest.raises(ValueError, match="term 'k': the student has no output 'neck'"):
         ClassicTerm.from_config({"METHOD": "kd", "INPUT": "neck"}, ctx, name="k")

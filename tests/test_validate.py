@@ -118,6 +118,39 @@ def test_negative_and_non_finite_weights_and_temperatures_name_their_keys():
     assert "8 problems" in msg and "nothing was run" in msg
 
 
+def test_cirkd_memory_node_is_checked_naming_its_keys():
+    node = {
+        "PIXEL_WEIGHT": -0.1,
+        "REGION_WEIGHT": 0.1,
+        "PIXEL_MEMORY_SIZE": 0,
+        "REGION_MEMORY_SIZE": 2000,
+        "PIXELS_PER_CLASS": 16,
+        "PIXEL_CONTRAST_SIZE": -4096,
+        "REGION_CONTRAST_SIZE": 1024.5,
+        "CONTRAST_TEMPERATURE": 0.0,
+        "KD_TEMPERATURE": 1.0,
+        "PROJ_DIM": -1,
+        "INPUT": "feature",
+    }
+    cfg = _cfg(MODEL__META_ARCHITECTURE="DistillSemanticSegmentor")
+    cfg["MODEL"]["DISTILL"]["CIRKD_MEMORY"] = node
+    msg = _problems(cfg, "benchmark")
+    for key in (
+        "MODEL.DISTILL.CIRKD_MEMORY.PIXEL_WEIGHT is -0.1",
+        "MODEL.DISTILL.CIRKD_MEMORY.PIXEL_MEMORY_SIZE is 0",
+        "MODEL.DISTILL.CIRKD_MEMORY.PIXEL_CONTRAST_SIZE is -4096",
+        "MODEL.DISTILL.CIRKD_MEMORY.REGION_CONTRAST_SIZE is 1024.5: it must be an integer",
+        "MODEL.DISTILL.CIRKD_MEMORY.CONTRAST_TEMPERATURE is 0.0: a temperature must be > 0",
+        "MODEL.DISTILL.CIRKD_MEMORY.PROJ_DIM is -1",
+    ):
+        assert key in msg, key
+    assert "6 problems" in msg
+    good = {**node, "PIXEL_WEIGHT": 0.1, "PIXEL_MEMORY_SIZE": 20000, "PIXEL_CONTRAST_SIZE": 4096}
+    good.update(REGION_CONTRAST_SIZE=1024, CONTRAST_TEMPERATURE=0.1, PROJ_DIM=0)
+    cfg["MODEL"]["DISTILL"]["CIRKD_MEMORY"] = good
+    validate_config(cfg, "benchmark", defaults=None)
+
+
 def test_unused_keys_are_refused_when_set():
     msg = _problems(_cfg(MODEL__SEM_SEG_HEAD__LOSS_WEIGHT=2.0))
     assert "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT is 2.0 but TextKD does not use it" in msg

@@ -114,11 +114,6 @@ def add_textkd_config(cfg: CN) -> None:
     _C.MODEL.DISTILL.ADVERSARIAL = CN()
     _C.MODEL.DISTILL.ADVERSARIAL.WEIGHT = 0.0
     _C.MODEL.DISTILL.ADVERSARIAL.D_WEIGHT = 0.1
-    # CIRKD memory-based pixel / region contrast (reference 0.1 each when enabled; 0.01 on VOC).
-    # Placeholder node: the term itself lands with its own branch.
-    _C.MODEL.DISTILL.CIRKD_MEMORY = CN()
-    _C.MODEL.DISTILL.CIRKD_MEMORY.PIXEL_WEIGHT = 0.0
-    _C.MODEL.DISTILL.CIRKD_MEMORY.REGION_WEIGHT = 0.0
 
     # text-assisted plugins (METHODS.md section 2)
     _C.MODEL.DISTILL.TEXT = CN()
@@ -139,6 +134,24 @@ def add_textkd_config(cfg: CN) -> None:
     _C.MODEL.DISTILL.TRD.AFFINITY_TEMPERATURE = 0.07
     _C.MODEL.DISTILL.TRD.MIN_MASS = 1.0
     _C.MODEL.DISTILL.TRD.MIMIC_WEIGHT = 0.0
+
+    # CIRKD's memory-based contrast (METHODS.md §1; off while both weights are 0): class-wise
+    # queues of teacher pixel / region embeddings, a student projection head (trained with the
+    # student, never exported). The CIRKD recipe: KD 1 + cirkd pixel pairs 1 + these two at 0.1.
+    _C.MODEL.DISTILL.CIRKD_MEMORY = CN()
+    _C.MODEL.DISTILL.CIRKD_MEMORY.PIXEL_WEIGHT = 0.0  # 0.1 when enabled (reference)
+    _C.MODEL.DISTILL.CIRKD_MEMORY.REGION_WEIGHT = 0.0  # 0.1 when enabled (reference)
+    _C.MODEL.DISTILL.CIRKD_MEMORY.PIXEL_MEMORY_SIZE = 20000  # pixel embeddings per class
+    _C.MODEL.DISTILL.CIRKD_MEMORY.REGION_MEMORY_SIZE = 2000  # region embeddings per class
+    _C.MODEL.DISTILL.CIRKD_MEMORY.PIXELS_PER_CLASS = 16  # enqueued per image and class each step
+    # contrast set sizes over all classes: each class gives SIZE // NUM_CLASSES + 1 slots
+    _C.MODEL.DISTILL.CIRKD_MEMORY.PIXEL_CONTRAST_SIZE = 4096
+    _C.MODEL.DISTILL.CIRKD_MEMORY.REGION_CONTRAST_SIZE = 1024
+    _C.MODEL.DISTILL.CIRKD_MEMORY.CONTRAST_TEMPERATURE = 0.1  # of the similarities
+    _C.MODEL.DISTILL.CIRKD_MEMORY.KD_TEMPERATURE = 1.0  # of the KL between the distributions
+    # hidden width of the projection head (its output is the teacher's width); 0 = the teacher's
+    _C.MODEL.DISTILL.CIRKD_MEMORY.PROJ_DIM = 0
+    _C.MODEL.DISTILL.CIRKD_MEMORY.INPUT = "feature"  # the model output both sides use
 
     # CLIP text bank
     _C.MODEL.TEXT_BANK = CN()

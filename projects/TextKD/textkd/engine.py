@@ -371,7 +371,7 @@ def _train_sampler(data_loader) -> ResumableTrainingSampler | None:
 
 
 # entries of a distillation checkpoint that belong to the distillation, not to the student
-_DISTILL_ONLY = ("distiller.", "text_distiller.", "teacher.")
+_DISTILL_ONLY = ("distiller.", "text_distiller.", "cirkd_memory.", "teacher.")
 
 
 def _is_disk_full(e: BaseException) -> bool:

@@ -21,6 +21,9 @@ config node before it builds anything; a configuration that cannot be meant stop
   > 0.
 * a ``TEXTKD.BEST_CHECKPOINT.METRIC`` no evaluation of the config can report (malformed, an
   unknown task or score) or a ``MODE`` other than max/min.
+* sizes of CIRKD's memory (``MODEL.DISTILL.CIRKD_MEMORY.*_SIZE``, ``PIXELS_PER_CLASS``) that are
+  not positive integers, a negative ``PROJ_DIM`` (its weights and temperatures are checked with
+  the others).
 
 The config is read as nested mappings with attribute access (a detectron2 / yacs ``CfgNode``);
 ``defaults`` is a config node of the same kind holding the default values (the edge passes
@@ -140,6 +143,40 @@ def number_problems(cfg: Any) -> list[str]:
             elif k in _TERM_TEMPERATURES:
                 problems.append(_check_number(key, v, "temperature"))
     return [p for p in problems if p]
+
+
+_CIRKD_MEMORY = "MODEL.DISTILL.CIRKD_MEMORY"
+_CIRKD_MEMORY_SIZES = (
+    "PIXEL_MEMORY_SIZE",
+    "REGION_MEMORY_SIZE",
+    "PIXELS_PER_CLASS",
+    "PIXEL_CONTRAST_SIZE",
+    "REGION_CONTRAST_SIZE",
+)
+
+
+def cirkd_memory_problems(cfg: Any) -> list[str]:
+    """Sizes of CIRKD's memory that are not positive integers and a negative PROJ_DIM, each
+    naming its key (the weights and temperatures are :func:`number_problems`')."""
+    node = _get(cfg, _CIRKD_MEMORY)
+    if not isinstance(node, Mapping):
+        return []
+    problems = []
+    for k in _CIRKD_MEMORY_SIZES:
+        if k in node and not (isinstance(node[k], int) and not isinstance(node[k], bool)):
+            problems.append(f"{_CIRKD_MEMORY}.{k} is {node[k]!r}: it must be an integer > 0")
+        elif k in node and node[k] <= 0:
+            problems.append(
+                f"{_CIRKD_MEMORY}.{k} is {node[k]!r}: a queue / contrast size must be > 0 "
+                "(switch the term off with PIXEL_WEIGHT 0 and REGION_WEIGHT 0)"
+            )
+    proj = node.get("PROJ_DIM", 0)
+    if not isinstance(proj, int) or isinstance(proj, bool) or proj < 0:
+        problems.append(
+            f"{_CIRKD_MEMORY}.PROJ_DIM is {proj!r}: it must be an integer >= 0 (0 = the "
+            "teacher's feature width)"
+        )
+    return problems
 
 
 # --------------------------------------------------------------------------- unused keys
@@ -436,7 +473,7 @@ def validate_config(
     unused-key check (skipped when None)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    problems = number_problems(cfg) + scale_set_problems(cfg)
+    problems = number_problems(cfg) + scale_set_problems(cfg) + cirkd_memory_problems(cfg)
     if defaults is not None:
         problems += unused_key_problems(cfg, defaults)
     if mode in ("train", "eval"):

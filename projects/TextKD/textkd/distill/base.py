@@ -88,7 +88,9 @@ class TermContext:
     only by terms that need it, so a run without text plugins never builds one); ``sync_bn``:
     whether BatchNorm layers of the term should be SyncBatchNorm, like the student's;
     ``align_corners``: the student's ``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``, with which a term
-    bilinearly resizes a student map to the teacher's size (or to the labels)."""
+    bilinearly resizes a student map to the teacher's size (or to the labels); ``seed``: the
+    run's seed (``SEED``) for terms that draw random choices identical on every rank (< 0: such a
+    term draws one seed and shares it)."""
 
     num_classes: int
     ignore_label: int = 255
@@ -97,6 +99,7 @@ class TermContext:
     text_embeddings: Callable[[], torch.Tensor] | None = None
     sync_bn: bool = False
     align_corners: bool = False
+    seed: int = 0
 
 
 class TrainingTerm(nn.Module):

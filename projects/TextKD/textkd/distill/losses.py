@@ -6,9 +6,11 @@ scalar, and
 - treats the teacher through stop-gradient (it is detached inside);
 - bilinearly resizes the student map to the teacher's spatial size (:func:`resize_to_teacher`,
   ``align_corners=False`` here; the configured terms resize first with the student's
-  ``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``, see ``textkd.distill.terms``) when the two differ; a
-  channel mismatch is an error here (``textkd.distill.terms.Distiller`` adds a
-  1×1 adapter for features);
+  ``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``, see ``textkd.distill.terms``) when the two differ;
+- the similarity-based losses (SKD, IFVD, CIRKD pixel pairs) compare each model's own similarity
+  structure and take features of different widths as they are (METHODS.md §1); for the
+  element-wise ones a channel mismatch is an error (``textkd.distill.terms.Distiller`` adds a
+  1×1 adapter for CWD on features);
 - computes in float32 with autocast disabled, whatever the input dtype;
 - is vectorised over pixels, classes and images (``cirkd_pixel_pairs`` loops over image pairs only,
   so that at most one pair's hw×hw similarity map is alive at a time, also during backward).
@@ -71,9 +73,12 @@ def resize_to_teacher(
     return F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=align_corners)
 
 
-def _align(s: torch.Tensor, t: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _align(
+    s: torch.Tensor, t: torch.Tensor, name: str, *, same_channels: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Check two N×C×h×w maps, detach the teacher, cast both to float32 and bilinearly resize the
-    student to the teacher's spatial size when they differ."""
+    student to the teacher's spatial size when they differ. ``same_channels=False`` lets the
+    channel counts differ (losses that only compare each model's own similarities)."""
     if not (torch.is_tensor(s) and torch.is_tensor(t)):
         raise TypeError(f"{name}: student and teacher must be tensors, got {type(s)}, {type(t)}")
     if s.dim() != 4 or t.dim() != 4:
@@ -85,7 +90,7 @@ def _align(s: torch.Tensor, t: torch.Tensor, name: str) -> tuple[torch.Tensor, t
         raise ValueError(
             f"{name}: batch sizes differ: student {tuple(s.shape)} vs teacher {tuple(t.shape)}"
         )
-    if s.shape[1] != t.shape[1]:
+    if same_channels and s.shape[1] != t.shape[1]:
         raise ValueError(
             f"{name}: channels differ: student {tuple(s.shape)} vs teacher {tuple(t.shape)} "
             "(use a 1×1 adapter, e.g. textkd.distill.terms.Distiller, for features)"
@@ -166,7 +171,7 @@ def structural_kd(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     """Pair-wise structural KD (SKD): 2×2 max-pool (stride 2, ceil mode) both features,
     L2-normalise over channels, ``S = Fᵀ F`` (hw×hw cosine similarities) per image, loss
     ``= mean((S_s − S_t)²)`` over the N·hw·hw entries."""
-    s, t = _align(f_s, f_t, "structural_kd")
+    s, t = _align(f_s, f_t, "structural_kd", same_channels=False)
     s = F.max_pool2d(s, kernel_size=2, stride=2, ceil_mode=True)
     t = F.max_pool2d(t, kernel_size=2, stride=2, ceil_mode=True)
     s = F.normalize(s, p=2, dim=1).flatten(2)
@@ -201,8 +206,8 @@ def ifvd(
     size; per image and class the prototype is the masked mean ``Σ_{p∈k} f(p) / (|k| + 1e-6)``;
     per pixel ``cos(f(p), prototype of its class)`` for both models (ignored pixels keep their own
     feature as prototype, i.e. cosine 1); loss ``= MSE(cos_s, cos_t)`` over the N·h·w pixels."""
-    s, t = _align(f_s, f_t, "ifvd")
-    n, c, h, w = t.shape
+    s, t = _align(f_s, f_t, "ifvd", same_channels=False)
+    n, _, h, w = t.shape
     if labels.dim() == 4 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.dim() != 3 or labels.shape[0] != n:
@@ -216,8 +221,8 @@ def ifvd(
     flat_index = (bins + offsets).reshape(-1)
     valid = valid.reshape(-1)
     num_bins = n * (num_classes + 1)
-    s_flat = s.flatten(2).transpose(1, 2).reshape(n * h * w, c)
-    t_flat = t.flatten(2).transpose(1, 2).reshape(n * h * w, c)
+    s_flat = s.flatten(2).transpose(1, 2).reshape(n * h * w, s.shape[1])
+    t_flat = t.flatten(2).transpose(1, 2).reshape(n * h * w, t.shape[1])
     cos_s = _class_prototype_cosine(s_flat, flat_index, valid, num_bins)
     cos_t = _class_prototype_cosine(t_flat, flat_index, valid, num_bins)
     return F.mse_loss(cos_s, cos_t)
@@ -295,7 +300,7 @@ def cirkd_pixel_pairs(
     Memory: one pair's hw×hw maps at a time, in the forward and the backward pass (the student
     gradient is accumulated during the forward pass; the result is not twice differentiable)."""
     _check_temperature(temperature, "cirkd_pixel_pairs")
-    s, t = _align(f_s, f_t, "cirkd_pixel_pairs")
+    s, t = _align(f_s, f_t, "cirkd_pixel_pairs", same_channels=False)
     if pooling:
         s = F.avg_pool2d(s, kernel_size=2, stride=2, ceil_mode=True)
         t = F.avg_pool2d(t, kernel_size=2, stride=2, ceil_mode=True)

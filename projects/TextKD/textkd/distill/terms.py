@@ -91,6 +91,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 _SUPPLIED = {"labels", "num_classes", "ignore_label"}
 # outputs that hold class scores: their channel counts must agree, no adapter
 _CLASS_OUTPUTS = ("logits", "aux_logits")
+#: methods that compare student and teacher maps element by element: on a non-class output of
+#: different widths they need a 1×1 adapter (CWD on features; a feature-mimicking method would go
+#: here too). The similarity-based methods (SKD, IFVD, CIRKD pairs) compare each model's own
+#: similarity structure and take the raw features, as the reference does (METHODS.md §1).
+ADAPTED_METHODS = frozenset({"cwd"})
 
 
 def accepted_params(method: str) -> list[str]:
@@ -214,12 +219,14 @@ class ClassicTerm(TrainingTerm):
     """One classic distillation term: ``{"loss_<name>": weight * METHODS[method](
     adapter(student.<input>), teacher.<input>, **params)}``.
 
-    On a non-class output (``feature`` or an extras key) whose student and teacher channel counts
-    differ, a learnable 1×1 conv ``adapter`` (student -> teacher channels, no bias, as the CIRKD
-    code) maps the student map first; it trains with the student and is not part of the deployed
-    model. Class scores (``logits``, ``aux_logits``) of different sizes are an error. A student
-    map of another spatial size than the teacher's is bilinearly resized to it with
-    ``align_corners`` (the student's ``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``) before the loss."""
+    For a method of :data:`ADAPTED_METHODS` (CWD) on a non-class output (``feature`` or an extras
+    key) whose student and teacher channel counts differ, a learnable 1×1 conv ``adapter``
+    (student -> teacher channels, no bias, as the CIRKD code) maps the student map first; it
+    trains with the student and is not part of the deployed model. The similarity-based methods
+    (SKD, IFVD, CIRKD pairs) take features of different widths as they are. Class scores
+    (``logits``, ``aux_logits``) of different sizes are an error. A student map of another
+    spatial size than the teacher's is bilinearly resized to it with ``align_corners`` (the
+    student's ``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``) before the loss."""
 
     def __init__(
         self,
@@ -252,8 +259,9 @@ class ClassicTerm(TrainingTerm):
                     f"term {spec.name!r}: student {spec.input} has {cs} classes but the teacher's "
                     f"has {ct}; class scores cannot be adapted"
                 )
-            self.adapter = nn.Conv2d(cs, ct, kernel_size=1, bias=False)
-            logger.info("term %r: 1×1 adapter %d -> %d channels", spec.name, cs, ct)
+            if spec.method in ADAPTED_METHODS:
+                self.adapter = nn.Conv2d(cs, ct, kernel_size=1, bias=False)
+                logger.info("term %r: 1×1 adapter %d -> %d channels", spec.name, cs, ct)
 
     @classmethod
     def from_config(
@@ -348,6 +356,32 @@ class Distiller(TrainingTerm):
                 self.adapters[spec.name] = term.adapter
             terms.append(term)
         self.terms = terms  # a plain list: each adapter is registered once, above
+        self._register_load_state_dict_pre_hook(self._drop_stale_adapters)
+
+    def _drop_stale_adapters(self, state_dict, prefix, *args) -> None:
+        """A checkpoint written before SKD/IFVD/CIRKD pairs took raw features holds 1×1 adapters
+        for those terms (``distiller.adapters.<skd|ifvd|cirkd term>.*``); they are dropped with a
+        warning naming them, so the student and the other terms load (weights, evaluation,
+        export). Its optimizer state counted those adapters: ``--resume`` from it then fails at
+        the optimizer; continue from its weights (MODEL.WEIGHTS, no --resume) instead."""
+        unadapted = {s.name for s in self.specs if s.method not in ADAPTED_METHODS}
+        stale = [
+            k
+            for k in state_dict
+            if k.startswith(prefix + "adapters.")
+            and k[len(prefix + "adapters.") :].split(".")[0] in unadapted
+        ]
+        if not stale:
+            return
+        for k in stale:
+            del state_dict[k]
+        logger.warning(
+            "checkpoint entries %s are 1×1 adapters of similarity-based terms, which now take the "
+            "raw features (METHODS.md §1): dropped. The terms' losses differ from the run that "
+            "wrote them; an optimizer state saved with them does not fit this model, so continue "
+            "from such a checkpoint with MODEL.WEIGHTS (no --resume)",
+            stale,
+        )
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any], context: TermContext) -> Distiller:

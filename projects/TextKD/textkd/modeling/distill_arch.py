@@ -21,6 +21,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 
 from ..distill.base import TermContext, TrainingTerm, build_terms
+from ..distill.cirkd_memory import CIRKDMemory
 from ..distill.terms import Distiller
 from ..distill.text_plugins import TextDistiller
 from ..text.bank import load_text_bank
@@ -48,10 +49,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["DISTILL_TERMS", "DistillSemanticSegmentor", "build_teacher", "load_teacher_config"]
 
 #: the training terms of a distillation run: ``{attribute: (term class, config path)}``; the
-#: attribute names are the checkpoint prefixes (``distiller.adapters.*``, ``text_distiller.*``)
+#: attribute names are the checkpoint prefixes (``distiller.adapters.*``, ``text_distiller.*``,
+#: ``cirkd_memory.*``)
 DISTILL_TERMS: dict[str, tuple[type[TrainingTerm], str]] = {
     "distiller": (Distiller, "MODEL.DISTILL.TERMS"),
     "text_distiller": (TextDistiller, "MODEL"),
+    "cirkd_memory": (CIRKDMemory, "MODEL.DISTILL.CIRKD_MEMORY"),
 }
 
 
@@ -214,6 +217,15 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
         # registered after the teacher: parameter order (hence optimizer state) as before
         self._set_terms(terms)
         self.needs_aux = any(t.needs_aux for t in self.training_terms())
+        # buffers a term keeps identical on every rank itself (CIRKD's memory queues): DDP must
+        # not broadcast them at every forward (hundreds of MB for the reference sizes)
+        synced = [
+            f"{name}.{buf}"
+            for name in self.term_names
+            for buf in getattr(getattr(self, name), "rank_synced_buffers", ())
+        ]
+        if synced:
+            self._ddp_params_and_buffers_to_ignore = synced
 
     @classmethod
     def from_config(cls, cfg) -> dict[str, Any]:
@@ -244,6 +256,7 @@ class DistillSemanticSegmentor(TextKDSemanticSegmentor):
             text_embeddings=lambda: build_text_embeddings(cfg),
             sync_bn=resolve_norm(cfg) == "SyncBN",
             align_corners=student.align_corners,
+            seed=int(cfg.SEED),
         )
         ret.update(
             teacher=teacher,
