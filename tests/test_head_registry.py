@@ -143,3 +143,14 @@ def test_new_head_is_one_registered_class():
     finally:
         HEADS.pop("tiny_registry_test")
         D2_HEAD_NAMES.pop("tiny_registry_test")
+
+
+def test_aspp_dropout_key():
+    # MODEL.SEM_SEG_HEAD.ASPP_DROPOUT reaches the ASPP projection's dropout (default 0.5)
+    node = {"NUM_CLASSES": 3, "CHANNELS": 8, "ASPP_DROPOUT": 0.01}
+    head = build_head_from_config("deeplabv3", node, {"res5": 16})
+    assert head.aspp.project[3].p == 0.01
+    assert head.block[3].p == 0.1  # DROPOUT, the classifier's, is separate
+    core = build_segmentor(head="deeplabv3", backbone="resnet18", num_classes=3, aspp_dropout=0.2)
+    assert core.head.aspp.project[3].p == 0.2
+    assert build_segmentor(backbone="resnet18", num_classes=3).head.aspp.project[3].p == 0.5

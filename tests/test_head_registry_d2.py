@@ -79,3 +79,11 @@ def test_new_core_head_needs_no_d2_code():
         HEADS.pop("tiny_cfg_test")
         D2_HEAD_NAMES.pop("tiny_cfg_test")
         SEM_SEG_HEADS_REGISTRY._obj_map.pop("TextKDTinyCfgTestHead")
+
+
+def test_aspp_dropout_from_cfg():
+    cfg = build_cfg(CASES["deeplabv3"]["cfg"])
+    assert cfg.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT == 0.5
+    assert build_segmentor_from_cfg(cfg).head.aspp.project[3].p == 0.5
+    cfg.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT = 0.01
+    assert build_segmentor_from_cfg(cfg).head.aspp.project[3].p == 0.01
