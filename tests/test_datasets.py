@@ -759,3 +759,35 @@ def test_train_augment_shapes_seed_and_flip():
     assert hits
     with pytest.raises(ValueError, match="pad it first"):
         T.random_crop(img, lab, 20, 5, np.random.default_rng(0))
+
+
+def test_catalog_declares_every_dataset_once(tmp_path):
+    from textkd.data.datasets.catalog import DatasetSpec, dataset_specs, register_dataset
+
+    specs = {s.prefix: s for s in dataset_specs()}
+    assert set(specs) == {
+        "cityscapes",
+        "voc",
+        "camvid",
+        "ade20k",
+        "coco_stuff_164k",
+        "coco_stuff_164k_182",
+        "coco_stuff_10k",
+    }
+    sizes = {"cityscapes": 19, "voc": 21, "camvid": 11, "ade20k": 150, "coco_stuff_10k": 171}
+    for prefix, k in sizes.items():
+        assert len(specs[prefix].classes) == len(specs[prefix].colors) == k
+    assert len(specs["coco_stuff_164k_182"].classes) == 182
+    assert specs["cityscapes"].evaluator_type == "cityscapes_sem_seg"
+    assert specs["voc"].name("train_aug") == "voc_train_aug_sem_seg"
+    root = str(tmp_path)
+    assert specs["voc"].roots(root, "train_aug") == (
+        os.path.join(root, "VOCdevkit", "VOC2012", "JPEGImages"),
+        os.path.join(root, "VOCdevkit", "VOC2012", "SegmentationClassAug"),
+    )
+    assert os.listdir(tmp_path) == []  # roots only build paths
+    # another module cannot take a prefix; the classes and colours must agree
+    with pytest.raises(ValueError, match="'voc' is already registered"):
+        register_dataset(DatasetSpec("voc", ("x",), len, len, ["a"], [(0, 0, 0)]))
+    with pytest.raises(ValueError, match="2 classes but 1 colours"):
+        register_dataset(DatasetSpec("tiny_bad", ("x",), len, len, ["a", "b"], [(0, 0, 0)]))

@@ -262,3 +262,29 @@ def test_dataset_base_configs(path, crop, iters):
         assert len(meta.stuff_classes) == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     mapper = TextKDSemSegDatasetMapper(cfg, is_train=True)
     assert mapper.crop_size == tuple(crop)
+
+
+def test_a_new_dataset_is_one_spec(tmp_path, restore_default_registration):
+    from textkd.data.datasets.catalog import DATASET_SPECS, DatasetSpec, register_dataset
+
+    def load(root, split):
+        return [{"file_name": os.path.join(root, split, "a.png"), "sem_seg_file_name": "a.png"}]
+
+    def roots(root, split):
+        return os.path.join(root, "imgs"), os.path.join(root, "labels", split)
+
+    register_dataset(
+        DatasetSpec("tiny_spec_test", ("a", "b"), load, roots, ["x", "y"], [(0,) * 3, (1,) * 3])
+    )
+    try:
+        names = register.register_all(str(tmp_path))
+        assert {"tiny_spec_test_a_sem_seg", "tiny_spec_test_b_sem_seg"} <= set(names)
+        meta = MetadataCatalog.get("tiny_spec_test_b_sem_seg")
+        assert meta.stuff_classes == ["x", "y"] and meta.evaluator_type == "sem_seg"
+        assert meta.sem_seg_root == os.path.join(str(tmp_path), "labels", "b")
+        assert DatasetCatalog.get("tiny_spec_test_a_sem_seg")[0]["file_name"].endswith("a/a.png")
+    finally:
+        DATASET_SPECS.pop("tiny_spec_test")
+        for split in ("a", "b"):
+            DatasetCatalog.remove(f"tiny_spec_test_{split}_sem_seg")
+            MetadataCatalog.remove(f"tiny_spec_test_{split}_sem_seg")

@@ -339,3 +339,15 @@ def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path):
     assert sorted(os.listdir(out)) == sorted([LOCK_NAME, "model_0000004.pth"])
     new.release()
     assert not (out / LOCK_NAME).exists()
+
+
+def test_dropout_probabilities_outside_0_1_name_their_keys():
+    for value in (0.0, 0.01, 0.5, 0.99):
+        assert number_problems(_cfg(MODEL__SEM_SEG_HEAD__ASPP_DROPOUT=value)) == []
+    for value in (1.0, -0.1, 1.5, math.nan, "0.5"):
+        found = number_problems(_cfg(MODEL__SEM_SEG_HEAD__ASPP_DROPOUT=value))
+        assert len(found) == 1 and found[0].startswith(
+            f"MODEL.SEM_SEG_HEAD.ASPP_DROPOUT is {value!r}"
+        )
+    text = _problems(_cfg(MODEL__SEM_SEG_HEAD__DROPOUT=1.0))
+    assert "MODEL.SEM_SEG_HEAD.DROPOUT is 1.0: a dropout probability must lie in [0, 1)" in text

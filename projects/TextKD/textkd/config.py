@@ -37,8 +37,8 @@ def add_textkd_config(cfg: CN) -> None:
     _C.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [12, 24, 36]
     _C.MODEL.SEM_SEG_HEAD.PSP_BINS = [1, 2, 3, 6]
     _C.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
-    # dropout after DeepLabV3's ASPP projection (CIRKD 0.5; LAD's official models/deeplabv3.py
-    # 0.01). NOTE: declared here for the LAD recipes; the head wiring is helper F's change
+    # dropout after the DeepLabV3 ASPP projection (CIRKD: 0.5; LAD's official DeepLabV3 uses 0.01,
+    # with DROPOUT 0.01); must lie in [0, 1)
     _C.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT = 0.5
     _C.MODEL.SEM_SEG_HEAD.OCR_KEY_CHANNELS = 256
     _C.MODEL.SEM_SEG_HEAD.STDC_DETAIL_WEIGHT = 1.0

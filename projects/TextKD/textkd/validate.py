@@ -9,7 +9,8 @@ config node before it builds anything; a configuration that cannot be meant stop
   ``last_checkpoint``) would score a random model: refused unless
   ``TEXTKD.ALLOW_RANDOM_WEIGHTS True``; a ``MODEL.WEIGHTS`` that is not a readable checkpoint file;
 * negative or non-finite loss weights, non-positive or non-finite temperatures (any ``*WEIGHT`` /
-  ``*TEMPERATURE`` key of the TextKD nodes and of every distillation term);
+  ``*TEMPERATURE`` key of the TextKD nodes and of every distillation term); dropout
+  probabilities (``MODEL.SEM_SEG_HEAD.DROPOUT`` / ``ASPP_DROPOUT``) outside [0, 1);
 * keys that the config accepts but TextKD does not use (detectron2's generic ones such as
   ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT``, and TextKD keys that the chosen model ignores, e.g.
   ``MODEL.DISTILL.*`` in a single-model config) when set to a value other than the default;
@@ -69,6 +70,8 @@ _NUMBER_NODES = (
     "MODEL.SEG_BACKBONE",
     "TEXTKD",
 )
+# dropout probabilities of the heads: must lie in [0, 1) (1 would zero every activation)
+_DROPOUT_KEYS = ("MODEL.SEM_SEG_HEAD.DROPOUT", "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT")
 # distillation-term parameters that weigh parts of a loss (DIST's β and γ)
 _TERM_WEIGHTS = ("WEIGHT", "BETA", "GAMMA")
 _TERM_TEMPERATURES = ("TEMPERATURE", "TAU")
@@ -106,13 +109,16 @@ def _check_number(key: str, value: Any, kind: str) -> str | None:
         )
     if kind == "temperature" and not value > 0:
         return f"{key} is {value!r}: a temperature must be > 0"
+    if kind == "dropout probability" and not 0 <= value < 1:
+        return f"{key} is {value!r}: a dropout probability must lie in [0, 1) (0 turns it off)"
     return None
 
 
 def number_problems(cfg: Any) -> list[str]:
-    """Negative / non-finite loss weights and non-positive / non-finite temperatures, each
-    naming its key: every ``*WEIGHT`` and ``*TEMPERATURE`` key under the TextKD nodes and the
-    ``WEIGHT``/``BETA``/``GAMMA``/``TEMPERATURE``/``TAU`` of every distillation term."""
+    """Negative / non-finite loss weights, non-positive / non-finite temperatures and dropout
+    probabilities outside [0, 1), each naming its key: every ``*WEIGHT`` and ``*TEMPERATURE``
+    key under the TextKD nodes, the ``WEIGHT``/``BETA``/``GAMMA``/``TEMPERATURE``/``TAU`` of
+    every distillation term and ``MODEL.SEM_SEG_HEAD.DROPOUT`` / ``ASPP_DROPOUT``."""
     problems: list[str] = []
     terms_key = "MODEL.DISTILL.TERMS"
 
@@ -142,6 +148,10 @@ def number_problems(cfg: Any) -> list[str]:
                 problems.append(_check_number(key, v, "loss weight"))
             elif k in _TERM_TEMPERATURES:
                 problems.append(_check_number(key, v, "temperature"))
+    for key in _DROPOUT_KEYS:
+        value = _get(cfg, key)
+        if value is not None:
+            problems.append(_check_number(key, value, "dropout probability"))
     return [p for p in problems if p]
 
 

@@ -1,15 +1,18 @@
-"""Detectron2 registration of the TextKD backbone and heads (thin layer over the core).
+"""Detectron2 registration of the TextKD backbone and heads (one generic adapter over the core).
 
-Registers ``TextKDTimmBackbone`` in ``BACKBONE_REGISTRY`` and ``TextKDDeepLabV3Head`` /
-``TextKDPSPHead`` / ``TextKDFCNHead`` in ``SEM_SEG_HEADS_REGISTRY``; each only translates
-``MODEL.SEG_BACKBONE.*`` / ``MODEL.SEM_SEG_HEAD.*`` into the arguments of the framework-free
-classes. ``build_segmentor_from_cfg(cfg)`` assembles the core :class:`Segmentor`; its state-dict
+Registers ``TextKDTimmBackbone`` in ``BACKBONE_REGISTRY`` (``MODEL.SEG_BACKBONE.*`` -> the core
+``build_backbone``) and, for every head of the core registry (:mod:`.registry`), its detectron2
+name (``TextKDDeepLabV3Head``, ``TextKDPSPHead``, ``TextKDFCNHead``, ``TextKDOCRHead``,
+``TextKDSTDCHead``, ...) in ``SEM_SEG_HEADS_REGISTRY``: the entry calls the core class's
+``from_config`` with ``MODEL.SEM_SEG_HEAD``. No per-head code lives here. ``build_segmentor_from_cfg(cfg)`` assembles the core :class:`Segmentor`; its state-dict
 keys are identical to those of ``build_segmentor(...)`` with the same settings.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from detectron2.config import CfgNode, configurable
@@ -21,20 +24,15 @@ from detectron2.utils import comm
 from torch import nn
 
 from .backbones import STAGE_NAMES, SegBackbone, build_backbone, norm_name
-from .heads import AuxFCNHead, DeepLabV3Head, FCNHead, PSPHead
-from .ocrnet import OCRHead, default_ocr_channels
-from .segmentor import Segmentor, default_head_channels
-from .stdc import STDCHead
+from .heads import AuxFCNHead
+from .registry import D2_HEAD_NAMES, HEADS, build_head_from_config
+from .segmentor import Segmentor
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "TextKDTimmBackbone",
-    "TextKDDeepLabV3Head",
-    "TextKDPSPHead",
-    "TextKDFCNHead",
-    "TextKDOCRHead",
-    "TextKDSTDCHead",
+    "register_d2_heads",
     "build_segmentor_from_cfg",
     "build_aux_head_from_cfg",
     "check_num_classes",
@@ -130,139 +128,36 @@ def TextKDTimmBackbone(  # noqa: N802 - the registry name
 # --------------------------------------------------------------------------- heads
 
 
-def _feature_channels(
-    input_shape: dict[str, ShapeSpec], key: str, feature: str, role: str = ""
-) -> int:
-    """Channels of backbone output ``feature`` (the value of ``MODEL.SEM_SEG_HEAD.{key}``);
-    ValueError naming the key, its value (and ``role``) and the available outputs when the
-    backbone has no such output."""
-    if feature not in input_shape:
-        raise ValueError(
-            f"MODEL.SEM_SEG_HEAD.{key}={feature!r}{role} is not a backbone output; "
-            f"available: {list(input_shape)}"
-        )
-    return int(input_shape[feature].channels)
+def _input_channels(input_shape: Mapping[str, ShapeSpec]) -> dict[str, int]:
+    return {name: int(spec.channels) for name, spec in input_shape.items()}
 
 
-def _head_common_args(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-    h = cfg.MODEL.SEM_SEG_HEAD
-    return {
-        "in_channels": _feature_channels(input_shape, "IN_FEATURE", h.IN_FEATURE),
-        "num_classes": int(h.NUM_CLASSES),
-        "dropout": float(h.DROPOUT),
-        "norm_layer": resolve_norm(cfg),
-        "in_feature": h.IN_FEATURE,
-    }
+def _d2_head(core_name: str, d2_name: str) -> Callable[[CfgNode, dict[str, ShapeSpec]], nn.Module]:
+    """The ``SEM_SEG_HEADS_REGISTRY`` entry of core head ``core_name``: ``(cfg, input_shape) ->``
+    the core head class built by its ``from_config`` from ``MODEL.SEM_SEG_HEAD`` (norm:
+    :func:`resolve_norm`)."""
 
-
-def _head_args(
-    cfg: CfgNode, input_shape: dict[str, ShapeSpec], head: str, **extra: Any
-) -> dict[str, Any]:
-    """The common head arguments, ``channels`` = CHANNELS (<= 0: the reference width of
-    ``head``, :func:`default_head_channels`) and ``extra``."""
-    args = _head_common_args(cfg, input_shape)
-    ch = int(cfg.MODEL.SEM_SEG_HEAD.CHANNELS)
-    args["channels"] = ch if ch > 0 else default_head_channels(head, args["in_channels"])
-    args.update(extra)
-    return args
-
-
-class _ConfigurableHead:
-    """Mixin of the registered heads: ``Head(cfg, input_shape)`` calls the core head's
-    constructor with ``from_config(cfg, input_shape)``; ``Head(**kwargs)`` calls it directly."""
-
-    @configurable
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-
-
-@SEM_SEG_HEADS_REGISTRY.register()
-class TextKDDeepLabV3Head(_ConfigurableHead, DeepLabV3Head):
-    """:class:`DeepLabV3Head` from ``MODEL.SEM_SEG_HEAD`` (CHANNELS <= 0: reference width)."""
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-        h = cfg.MODEL.SEM_SEG_HEAD
-        return _head_args(
-            cfg,
-            input_shape,
-            "deeplabv3",
-            dilations=tuple(h.ASPP_DILATIONS),
-            align_corners=bool(h.ALIGN_CORNERS),
+    def build(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
+        return build_head_from_config(
+            core_name, cfg.MODEL.SEM_SEG_HEAD, _input_channels(input_shape), resolve_norm(cfg)
         )
 
-
-@SEM_SEG_HEADS_REGISTRY.register()
-class TextKDPSPHead(_ConfigurableHead, PSPHead):
-    """:class:`PSPHead` from ``MODEL.SEM_SEG_HEAD`` (CHANNELS <= 0: reference width)."""
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-        h = cfg.MODEL.SEM_SEG_HEAD
-        return _head_args(
-            cfg, input_shape, "pspnet", bins=tuple(h.PSP_BINS), align_corners=bool(h.ALIGN_CORNERS)
-        )
+    build.__name__ = build.__qualname__ = d2_name
+    build.__doc__ = f"The core head '{core_name}' ({HEADS[core_name].__name__}) from the config."
+    return build
 
 
-@SEM_SEG_HEADS_REGISTRY.register()
-class TextKDFCNHead(_ConfigurableHead, FCNHead):
-    """:class:`FCNHead` (2 convs, input concatenated) from ``MODEL.SEM_SEG_HEAD``."""
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-        return _head_args(cfg, input_shape, "fcn")
-
-
-@SEM_SEG_HEADS_REGISTRY.register()
-class TextKDOCRHead(_ConfigurableHead, OCRHead):
-    """:class:`OCRHead` from ``MODEL.SEM_SEG_HEAD``: pixel branch on IN_FEATURE (CHANNELS <= 0:
-    512 for >= 1024 input channels, else 256), query/key width OCR_KEY_CHANNELS (<= 0: half of
-    CHANNELS' default), soft-region FCN on AUX_IN_FEATURE with AUX_CHANNELS hidden channels
-    (<= 0: its input width // 4). The soft regions play the auxiliary head's role: OCRNet
-    configs set AUX False."""
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-        h = cfg.MODEL.SEM_SEG_HEAD
-        args = _head_common_args(cfg, input_shape)
-        region_in = _feature_channels(
-            input_shape, "AUX_IN_FEATURE", h.AUX_IN_FEATURE, " (OCR soft regions)"
-        )
-        default_ch, default_key = default_ocr_channels(args["in_channels"])
-        args["channels"] = int(h.CHANNELS) if int(h.CHANNELS) > 0 else default_ch
-        key = int(h.OCR_KEY_CHANNELS)
-        args["key_channels"] = key if key > 0 else default_key
-        args["region_in_feature"] = h.AUX_IN_FEATURE
-        args["region_in_channels"] = region_in
-        args["region_channels"] = int(h.AUX_CHANNELS) if int(h.AUX_CHANNELS) > 0 else region_in // 4
-        args["align_corners"] = bool(h.ALIGN_CORNERS)
-        return args
+def register_d2_heads() -> list[str]:
+    """Register every core head registered with a ``d2_name`` (:mod:`.registry`) in
+    ``SEM_SEG_HEADS_REGISTRY`` under that name, once (later calls add heads registered since);
+    returns the detectron2 names."""
+    for core_name, d2_name in D2_HEAD_NAMES.items():
+        if d2_name not in SEM_SEG_HEADS_REGISTRY:
+            SEM_SEG_HEADS_REGISTRY.register(_d2_head(core_name, d2_name))
+    return list(D2_HEAD_NAMES.values())
 
 
-@SEM_SEG_HEADS_REGISTRY.register()
-class TextKDSTDCHead(_ConfigurableHead, STDCHead):
-    """:class:`STDCHead` from ``MODEL.SEM_SEG_HEAD`` on the backbone's res3/res4/res5 (width
-    CHANNELS, <= 0: 256); the detail branch exists when STDC_DETAIL_WEIGHT > 0."""
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
-        h = cfg.MODEL.SEM_SEG_HEAD
-        missing = [k for k in ("res3", "res4", "res5") if k not in input_shape]
-        if missing:
-            raise ValueError(
-                f"TextKDSTDCHead needs backbone outputs res3/res4/res5; missing {missing} in "
-                f"{list(input_shape)}"
-            )
-        return {
-            "in_channels": int(input_shape["res3"].channels),
-            "mid_channels": int(input_shape["res4"].channels),
-            "deep_channels": int(input_shape["res5"].channels),
-            "num_classes": int(h.NUM_CLASSES),
-            "channels": int(h.CHANNELS) if int(h.CHANNELS) > 0 else 256,
-            "detail_channels": 64 if float(h.STDC_DETAIL_WEIGHT) > 0 else 0,
-            "dropout": float(h.DROPOUT),
-            "norm_layer": resolve_norm(cfg),
-        }
+register_d2_heads()
 
 
 def build_aux_head_from_cfg(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> AuxFCNHead | None:
@@ -271,16 +166,31 @@ def build_aux_head_from_cfg(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> 
     h = cfg.MODEL.SEM_SEG_HEAD
     if not h.AUX:
         return None
-    in_ch = _feature_channels(input_shape, "AUX_IN_FEATURE", h.AUX_IN_FEATURE)
-    ch = int(h.AUX_CHANNELS)
-    return AuxFCNHead(
-        in_ch,
-        int(h.NUM_CLASSES),
-        channels=ch if ch > 0 else max(in_ch // 4, 1),
-        dropout=float(h.DROPOUT),
-        norm_layer=resolve_norm(cfg),
-        in_feature=h.AUX_IN_FEATURE,
-    )
+    return AuxFCNHead(**AuxFCNHead.from_config(h, _input_channels(input_shape), resolve_norm(cfg)))
+
+
+_DEPRECATED_HEAD_CLASSES = {
+    "TextKDDeepLabV3Head": "deeplabv3",
+    "TextKDPSPHead": "pspnet",
+    "TextKDFCNHead": "fcn",
+    "TextKDOCRHead": "ocrnet",
+    "TextKDSTDCHead": "stdc",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``from textkd.modeling.build import TextKD<Name>Head`` (removed classes) keeps working for
+    one release: the registry entry ``(cfg, input_shape) -> head``, with a deprecation warning."""
+    if name in _DEPRECATED_HEAD_CLASSES:
+        warnings.warn(
+            f"textkd.modeling.build.{name} is deprecated: heads are registered once in the core "
+            f"registry; use SEM_SEG_HEADS_REGISTRY.get({name!r}) or the core class "
+            f"{HEADS[_DEPRECATED_HEAD_CLASSES[name]].__name__}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return SEM_SEG_HEADS_REGISTRY.get(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- checks and assembly
@@ -322,6 +232,7 @@ def build_segmentor_from_cfg(cfg: CfgNode) -> Segmentor:
     ``MODEL.SEG_BACKBONE.*``), the head ``MODEL.SEM_SEG_HEAD.NAME`` and the auxiliary FCN head.
     Checks NUM_CLASSES against the training dataset's metadata first."""
     check_num_classes(cfg)
+    register_d2_heads()  # core heads registered after this module was imported
     head_name = cfg.MODEL.SEM_SEG_HEAD.NAME
     if head_name not in SEM_SEG_HEADS_REGISTRY:
         textkd = sorted(k for k, _ in SEM_SEG_HEADS_REGISTRY if k.startswith("TextKD"))

@@ -5,21 +5,31 @@ Module names follow the CIRKD reference code (``aspp.b0..b4``, ``aspp.project``,
 head has ``forward(features) -> (logits, feature)`` where ``features`` is the backbone's dict
 (the head reads ``features[self.in_feature]``) or a single tensor, ``feature`` is the
 penultimate decoder feature (before dropout and the 1×1 classifier) and ``out_channels`` its
-channel count. A head that resizes bilinearly does so with its ``align_corners`` attribute (the
-model's one setting, ``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``; CIRKD's heads use True). Plain
-PyTorch, no detectron2.
+channel count. Each main head is registered once (``@register_head``, :mod:`.registry`) and
+computes its arguments from the ``MODEL.SEM_SEG_HEAD`` keys in ``from_config``. A head that
+resizes bilinearly does so with its ``align_corners`` attribute (the model's one setting,
+``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``; CIRKD's heads use True). Plain PyTorch, no detectron2.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbones import NormLayer, resolve_norm_layer
+from .registry import (
+    cfg_value,
+    common_head_args,
+    feature_channels,
+    head_width,
+    reference_width,
+    register_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +135,27 @@ class ASPP(nn.Module):
         return self.project(torch.cat(branches, dim=1))
 
 
+@register_head("deeplabv3", d2_name="TextKDDeepLabV3Head")
 class DeepLabV3Head(nn.Module):
     """DeepLabV3 head as in the CIRKD reference: ASPP(rates ``dilations``) to ``channels``,
     then 3×3 conv + BN + ReLU = the penultimate ``feature``, Dropout(``dropout``), 1×1 conv to
-    ``num_classes`` logits."""
+    ``num_classes`` logits. The ASPP projection has its own Dropout(``aspp_dropout``)."""
+
+    # reference width: (>= 1024 input channels, ResNet-50/101; ResNet-18 / MobileNetV2)
+    DEFAULT_CHANNELS = (256, 128)
+
+    @classmethod
+    def from_config(
+        cls, node: Mapping[str, Any], input_channels: Mapping[str, int], norm_layer: Any = None
+    ) -> dict[str, Any]:
+        """IN_FEATURE, NUM_CLASSES, DROPOUT, CHANNELS (<= 0: ``DEFAULT_CHANNELS``),
+        ASPP_DILATIONS, ASPP_DROPOUT, ALIGN_CORNERS."""
+        args = common_head_args(node, input_channels, norm_layer)
+        args["channels"] = head_width(node, reference_width(cls, args["in_channels"]))
+        args["dilations"] = tuple(int(d) for d in cfg_value(node, "ASPP_DILATIONS"))
+        args["aspp_dropout"] = float(cfg_value(node, "ASPP_DROPOUT"))
+        args["align_corners"] = bool(cfg_value(node, "ALIGN_CORNERS"))
+        return args
 
     def __init__(
         self,
@@ -203,9 +230,24 @@ class PyramidPooling(nn.Module):
         return torch.cat(feats, dim=1)
 
 
+@register_head("pspnet", d2_name="TextKDPSPHead")
 class PSPHead(nn.Module):
     """PSPNet head (CIRKD reference): pyramid pooling, 3×3 conv + BN + ReLU to ``channels`` =
     the penultimate ``feature``, Dropout(``dropout``), 1×1 ``classifier``."""
+
+    DEFAULT_CHANNELS = (512, 128)
+
+    @classmethod
+    def from_config(
+        cls, node: Mapping[str, Any], input_channels: Mapping[str, int], norm_layer: Any = None
+    ) -> dict[str, Any]:
+        """IN_FEATURE, NUM_CLASSES, DROPOUT, CHANNELS (<= 0: ``DEFAULT_CHANNELS``), PSP_BINS,
+        ALIGN_CORNERS."""
+        args = common_head_args(node, input_channels, norm_layer)
+        args["channels"] = head_width(node, reference_width(cls, args["in_channels"]))
+        args["bins"] = tuple(int(b) for b in cfg_value(node, "PSP_BINS"))
+        args["align_corners"] = bool(cfg_value(node, "ALIGN_CORNERS"))
+        return args
 
     def __init__(
         self,
@@ -242,11 +284,24 @@ class PSPHead(nn.Module):
         return logits, feature
 
 
+@register_head("fcn", d2_name="TextKDFCNHead")
 class FCNHead(nn.Module):
     """FCN head in the mmsegmentation style: ``num_convs`` 3×3 conv + BN + ReLU (in ->
     channels -> channels ...); with ``concat_input`` a further 3×3 conv + BN + ReLU on
     ``cat(input, convs(input))`` (``conv_cat``). Its output is the penultimate ``feature``;
     then Dropout(``dropout``) and the 1×1 ``conv_seg`` classifier."""
+
+    DEFAULT_CHANNELS = (512, 128)
+
+    @classmethod
+    def from_config(
+        cls, node: Mapping[str, Any], input_channels: Mapping[str, int], norm_layer: Any = None
+    ) -> dict[str, Any]:
+        """IN_FEATURE, NUM_CLASSES, DROPOUT, CHANNELS (<= 0: ``DEFAULT_CHANNELS``); 2 convs,
+        input concatenated."""
+        args = common_head_args(node, input_channels, norm_layer)
+        args["channels"] = head_width(node, reference_width(cls, args["in_channels"]))
+        return args
 
     def __init__(
         self,
@@ -300,7 +355,26 @@ class FCNHead(nn.Module):
 
 class AuxFCNHead(nn.Module):
     """Auxiliary FCN head (CIRKD ``_FCNHead``): 3×3 conv + BN + ReLU to ``channels``,
-    Dropout(``dropout``), 1×1 conv to ``num_classes``. ``forward(features) -> logits``."""
+    Dropout(``dropout``), 1×1 conv to ``num_classes``. ``forward(features) -> logits``.
+    Not a registered head: the segmentor's optional second head (``MODEL.SEM_SEG_HEAD.AUX*``)."""
+
+    @classmethod
+    def from_config(
+        cls, node: Mapping[str, Any], input_channels: Mapping[str, int], norm_layer: Any = None
+    ) -> dict[str, Any]:
+        """AUX_IN_FEATURE, NUM_CLASSES, DROPOUT, AUX_CHANNELS (<= 0: the CIRKD width, a quarter
+        of the input's)."""
+        feature = cfg_value(node, "AUX_IN_FEATURE")
+        in_ch = feature_channels(input_channels, "AUX_IN_FEATURE", feature)
+        ch = int(cfg_value(node, "AUX_CHANNELS") or 0)
+        return {
+            "in_channels": in_ch,
+            "num_classes": int(cfg_value(node, "NUM_CLASSES")),
+            "channels": ch if ch > 0 else max(in_ch // 4, 1),
+            "dropout": float(cfg_value(node, "DROPOUT")),
+            "norm_layer": norm_layer,
+            "in_feature": feature,
+        }
 
     def __init__(
         self,

@@ -40,7 +40,7 @@ from .backbones import NormLayer, resolve_norm_layer
 from .heads import AuxFCNHead, Features, select_feature
 from .losses import cross_entropy_ignore, upsample_logits
 from .outputs import SegOutput
-from .segmentor import register_head
+from .registry import cfg_value, common_head_args, head_width, register_head
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class ObjectAttention(nn.Module):
         return self.out_project(context)
 
 
+@register_head("ocrnet", d2_name="TextKDOCRHead")
 class OCRHead(nn.Module):
     """OCRNet head; ``forward(features) -> (logits, feature, {"ocr_soft_regions": m})``.
 
@@ -140,6 +141,36 @@ class OCRHead(nn.Module):
         align_corners: of the bilinear resize of the soft regions to the pixel features (and,
             through the model's setting, of their loss).
     """
+
+    @classmethod
+    def from_config(
+        cls, node: Mapping[str, Any], input_channels: Mapping[str, int], norm_layer: Any = None
+    ) -> dict[str, Any]:
+        """Pixel branch on IN_FEATURE (CHANNELS <= 0: :func:`default_ocr_channels`), query/key
+        width OCR_KEY_CHANNELS (<= 0: the default), soft-region FCN on AUX_IN_FEATURE with
+        AUX_CHANNELS hidden channels (<= 0: its input width // 4). The soft regions play the
+        auxiliary head's role: OCRNet configs set AUX False.
+
+        The region input width is ``input_channels[AUX_IN_FEATURE]``; when ``input_channels``
+        names IN_FEATURE only (``build_head(in_channels=...)``), the width of ``res4`` of the
+        registered backbones whose ``res5`` has that width (ResNets/STDC: half, MobileNetV2: 96).
+        """
+        args = common_head_args(node, input_channels, norm_layer)
+        in_ch, in_feature = args["in_channels"], args["in_feature"]
+        region_feature = cfg_value(node, "AUX_IN_FEATURE")
+        region_in = _region_in_channels(in_ch, in_feature, region_feature, input_channels)
+        default_ch, default_key = default_ocr_channels(in_ch)
+        key = int(cfg_value(node, "OCR_KEY_CHANNELS") or 0)
+        region_ch = int(cfg_value(node, "AUX_CHANNELS") or 0)
+        args.update(
+            channels=head_width(node, default_ch),
+            key_channels=key if key > 0 else default_key,
+            region_in_feature=region_feature,
+            region_in_channels=region_in,
+            region_channels=region_ch if region_ch > 0 else max(region_in // 4, 1),
+            align_corners=bool(cfg_value(node, "ALIGN_CORNERS")),
+        )
+        return args
 
     def __init__(
         self,
@@ -244,15 +275,15 @@ def _region_in_channels(
     in_channels: int,
     in_feature: str,
     region_in_feature: str,
-    feature_channels: Mapping[str, int] | None,
+    input_channels: Mapping[str, int],
 ) -> int:
-    if feature_channels is not None:
-        if region_in_feature not in feature_channels:
-            raise ValueError(
-                f"OCR region_in_feature '{region_in_feature}' not among the backbone features "
-                f"{list(feature_channels)}"
-            )
-        return int(feature_channels[region_in_feature])
+    if region_in_feature in input_channels:
+        return int(input_channels[region_in_feature])
+    if set(input_channels) != {in_feature}:
+        raise ValueError(
+            f"MODEL.SEM_SEG_HEAD.AUX_IN_FEATURE={region_in_feature!r} (OCR soft regions) is not a "
+            f"backbone output; available: {list(input_channels)}"
+        )
     if region_in_feature == in_feature:
         return in_channels
     if in_feature == "res5" and region_in_feature == "res4":
@@ -260,52 +291,6 @@ def _region_in_channels(
     raise ValueError(
         f"cannot infer the channels of OCR region_in_feature '{region_in_feature}' from "
         f"'{in_feature}' ({in_channels} channels): pass feature_channels or region_in_channels"
-    )
-
-
-@register_head("ocrnet")
-def _ocrnet(
-    in_channels: int,
-    num_classes: int,
-    channels: int | None = None,
-    dropout: float = 0.1,
-    norm_layer: str | NormLayer | None = None,
-    in_feature: str = "res5",
-    ocr_key_channels: int | None = None,
-    region_in_feature: str = "res4",
-    region_in_channels: int | None = None,
-    region_channels: int | None = None,
-    feature_channels: Mapping[str, int] | None = None,
-    scale: float = 1.0,
-    align_corners: bool = False,
-    **_: Any,
-) -> nn.Module:
-    """Factory of :class:`OCRHead` for :func:`~textkd.modeling.segmentor.build_segmentor`.
-
-    ``channels``/``ocr_key_channels`` None use :func:`default_ocr_channels`. The region input
-    width comes from ``region_in_channels``, else ``feature_channels[region_in_feature]`` (the
-    backbone's ``out_channels``), else the width of ``res4`` of the registered backbones whose
-    ``res5`` has ``in_channels`` channels (ResNets/STDC: half, MobileNetV2: 96).
-    ``region_channels`` None = ``region_in_channels // 4`` like the auxiliary FCN (256 for
-    ResNet-50/101, mmsegmentation's OCRNet)."""
-    default_ch, default_key = default_ocr_channels(in_channels)
-    if region_in_channels is None:
-        region_in_channels = _region_in_channels(
-            in_channels, in_feature, region_in_feature, feature_channels
-        )
-    return OCRHead(
-        in_channels,
-        num_classes,
-        channels=channels or default_ch,
-        key_channels=ocr_key_channels or default_key,
-        region_in_channels=int(region_in_channels),
-        region_channels=region_channels or max(int(region_in_channels) // 4, 1),
-        dropout=dropout,
-        norm_layer=norm_layer,
-        in_feature=in_feature,
-        region_in_feature=region_in_feature,
-        scale=scale,
-        align_corners=align_corners,
     )
 
 

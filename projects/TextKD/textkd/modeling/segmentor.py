@@ -1,22 +1,29 @@
 """The single-model segmentor: backbone -> main head (+ auxiliary FCN head) -> SegOutput.
 
-``build_segmentor(head=..., backbone=..., ...)`` assembles one from names; the head registry
-``HEADS`` maps a head name to a factory so more heads (OCRNet, STDC, ...) can be added with
-:func:`register_head`. Plain PyTorch, no detectron2.
+``build_segmentor(head=..., backbone=..., ...)`` assembles one from names. The head registry
+(``HEADS``, :func:`register_head`, :func:`build_head`) lives in :mod:`.registry` and is
+re-exported here; each head class registers itself there once. Plain PyTorch, no detectron2.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from .backbones import NormLayer, build_backbone
-from .heads import AuxFCNHead, DeepLabV3Head, FCNHead, PSPHead
+from .heads import AuxFCNHead
 from .outputs import SegOutput
+from .registry import (
+    HEADS,
+    available_heads,
+    build_head,
+    default_head_channels,
+    register_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -124,123 +131,7 @@ class Segmentor(nn.Module):
         return SegOutput(logits=logits, feature=feature, aux_logits=aux_logits, extras=extras)
 
 
-# --------------------------------------------------------------------------- head registry
-
-HeadFactory = Callable[..., nn.Module]
-HEADS: dict[str, HeadFactory] = {}
-
-# (width for a large backbone with >= 1024 input channels, width for a small one)
-_DEFAULT_CHANNELS = {"deeplabv3": (256, 128), "pspnet": (512, 128), "fcn": (512, 128)}
-
-
-def register_head(name: str, factory: HeadFactory | None = None) -> Any:
-    """Register a head factory under ``name`` (usable as a decorator).
-
-    The factory is called as ``factory(in_channels=..., num_classes=..., channels=... | None,
-    dropout=..., norm_layer=..., in_feature=..., aspp_dilations=..., psp_bins=...,
-    align_corners=..., **extra)`` and must accept (and may ignore) every keyword; ``channels``
-    None means the head's own default for that input width.
-    """
-
-    def _register(f: HeadFactory) -> HeadFactory:
-        if name in HEADS:
-            raise ValueError(f"head '{name}' is already registered")
-        HEADS[name] = f
-        return f
-
-    return _register(factory) if factory is not None else _register
-
-
-def available_heads() -> list[str]:
-    """Names accepted by :func:`build_segmentor` / :func:`build_head`."""
-    return sorted(HEADS)
-
-
-def default_head_channels(head: str, in_channels: int) -> int:
-    """Reference head width: DeepLabV3 256 (ResNet-50/101, >= 1024 input channels) or 128
-    (ResNet-18, MobileNetV2); PSPNet and FCN 512 or 128 (CIRKD / mmsegmentation)."""
-    large, small = _DEFAULT_CHANNELS.get(head, (256, 128))
-    return large if in_channels >= 1024 else small
-
-
-@register_head("deeplabv3")
-def _deeplabv3(
-    in_channels: int,
-    num_classes: int,
-    channels: int | None = None,
-    aspp_dilations: Sequence[int] = (12, 24, 36),
-    dropout: float = 0.1,
-    norm_layer: str | NormLayer | None = None,
-    in_feature: str = "res5",
-    align_corners: bool = False,
-    **_: Any,
-) -> nn.Module:
-    return DeepLabV3Head(
-        in_channels,
-        num_classes,
-        channels=channels or default_head_channels("deeplabv3", in_channels),
-        dilations=tuple(aspp_dilations),
-        dropout=dropout,
-        norm_layer=norm_layer,
-        in_feature=in_feature,
-        align_corners=align_corners,
-    )
-
-
-@register_head("pspnet")
-def _pspnet(
-    in_channels: int,
-    num_classes: int,
-    channels: int | None = None,
-    psp_bins: Sequence[int] = (1, 2, 3, 6),
-    dropout: float = 0.1,
-    norm_layer: str | NormLayer | None = None,
-    in_feature: str = "res5",
-    align_corners: bool = False,
-    **_: Any,
-) -> nn.Module:
-    return PSPHead(
-        in_channels,
-        num_classes,
-        channels=channels or default_head_channels("pspnet", in_channels),
-        bins=tuple(psp_bins),
-        dropout=dropout,
-        norm_layer=norm_layer,
-        in_feature=in_feature,
-        align_corners=align_corners,
-    )
-
-
-@register_head("fcn")
-def _fcn(
-    in_channels: int,
-    num_classes: int,
-    channels: int | None = None,
-    dropout: float = 0.1,
-    norm_layer: str | NormLayer | None = None,
-    in_feature: str = "res5",
-    num_convs: int = 2,
-    concat_input: bool = True,
-    **_: Any,
-) -> nn.Module:
-    return FCNHead(
-        in_channels,
-        num_classes,
-        channels=channels or default_head_channels("fcn", in_channels),
-        num_convs=num_convs,
-        concat_input=concat_input,
-        dropout=dropout,
-        norm_layer=norm_layer,
-        in_feature=in_feature,
-    )
-
-
-def build_head(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered head ``name`` (see :func:`register_head` for the keywords).
-    Unknown names raise ValueError listing the choices."""
-    if name not in HEADS:
-        raise ValueError(f"unknown segmentation head '{name}'; choices: {available_heads()}")
-    return HEADS[name](**kwargs)
+# --------------------------------------------------------------------------- assembly
 
 
 def build_segmentor(
@@ -268,9 +159,10 @@ def build_segmentor(
 
     ``channels`` None (or 0) uses :func:`default_head_channels`; ``aux_channels`` None (or 0)
     uses the CIRKD width ``in_channels // 4`` of the auxiliary input. ``head_kwargs`` go to
-    the head factory (e.g. ``num_convs`` for "fcn"). ``align_corners`` governs every bilinear
-    resize of the model: its heads' (ASPP/PSP pooling, OCR regions) and the segmentor's
-    (:attr:`Segmentor.align_corners`: task loss, final upsampling).
+    :func:`~.registry.build_head` (e.g. ``ocr_key_channels``, or ``num_convs`` for "fcn").
+    ``align_corners`` governs every bilinear resize of the model: its heads' (ASPP/PSP pooling,
+    OCR regions) and the segmentor's (:attr:`Segmentor.align_corners`: task loss, final
+    upsampling).
     """
     if head not in HEADS:
         raise ValueError(f"unknown segmentation head '{head}'; choices: {available_heads()}")
@@ -290,6 +182,7 @@ def build_segmentor(
     main = build_head(
         head,
         in_channels=bb.out_channels[in_feature],
+        feature_channels=bb.out_channels,
         num_classes=num_classes,
         channels=channels or None,
         aspp_dilations=aspp_dilations,
@@ -304,13 +197,11 @@ def build_segmentor(
     if aux:
         if aux_in_feature not in bb.out_channels:
             raise ValueError(f"aux_in_feature '{aux_in_feature}' not among {list(bb.out_channels)}")
-        aux_in = bb.out_channels[aux_in_feature]
-        aux_head = AuxFCNHead(
-            aux_in,
-            num_classes,
-            channels=aux_channels or max(aux_in // 4, 1),
-            dropout=dropout,
-            norm_layer=norm_layer,
-            in_feature=aux_in_feature,
-        )
+        aux_node = {
+            "NUM_CLASSES": num_classes,
+            "AUX_IN_FEATURE": aux_in_feature,
+            "AUX_CHANNELS": aux_channels or 0,
+            "DROPOUT": dropout,
+        }
+        aux_head = AuxFCNHead(**AuxFCNHead.from_config(aux_node, bb.out_channels, norm_layer))
     return Segmentor(bb, main, aux_head, align_corners=align_corners)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from .backbones import NormLayer, SegBackbone, register_backbone, resolve_norm_layer
 from .heads import Features
 from .outputs import SegOutput
-from .segmentor import register_head
+from .registry import cfg_value, head_width, register_head
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +261,7 @@ class FeatureFusion(nn.Module):
         return feat * atten + feat
 
 
+@register_head("stdc", d2_name="TextKDSTDCHead")
 class STDCHead(nn.Module):
     """STDC-Seg decoder; ``forward(features) -> (logits, feature, extras)``.
 
@@ -276,6 +277,27 @@ class STDCHead(nn.Module):
         detail_channels: hidden width of the detail head (0 disables the detail head).
         dropout: dropout before the 1×1 classifier (STDC-Seg uses none).
     """
+
+    @classmethod
+    def from_config(
+        cls, node: Mapping[str, Any], input_channels: Mapping[str, int], norm_layer: Any = None
+    ) -> dict[str, Any]:
+        """The backbone's res3/res4/res5 (width CHANNELS, <= 0: 256, STDC-Seg); the detail
+        branch exists when STDC_DETAIL_WEIGHT > 0; NUM_CLASSES, DROPOUT. When
+        ``input_channels`` names IN_FEATURE only (``build_head(in_channels=...)``), the widths
+        follow the STDC (and ResNet) ratio res3 : res4 : res5 = 1 : 2 : 4."""
+        in_feature = cfg_value(node, "IN_FEATURE")
+        ch = _stdc_feature_channels(in_feature, input_channels)
+        return {
+            "in_channels": ch["res3"],
+            "mid_channels": ch["res4"],
+            "deep_channels": ch["res5"],
+            "num_classes": int(cfg_value(node, "NUM_CLASSES")),
+            "channels": head_width(node, 256),
+            "detail_channels": 64 if float(cfg_value(node, "STDC_DETAIL_WEIGHT")) > 0 else 0,
+            "dropout": float(cfg_value(node, "DROPOUT")),
+            "norm_layer": norm_layer,
+        }
 
     def __init__(
         self,
@@ -363,59 +385,27 @@ class STDCHead(nn.Module):
         }
 
 
-def _stdc_feature_channels(
-    in_channels: int, in_feature: str, feature_channels: Mapping[str, int] | None
-) -> dict[str, int]:
-    if feature_channels is not None:
-        missing = [k for k in ("res3", "res4", "res5") if k not in feature_channels]
+def _stdc_feature_channels(in_feature: str, input_channels: Mapping[str, int]) -> dict[str, int]:
+    names = ("res3", "res4", "res5")
+    if set(input_channels) != {in_feature}:
+        missing = [k for k in names if k not in input_channels]
         if missing:
             raise ValueError(
-                f"STDC head needs backbone features res3/res4/res5; missing {missing} in "
-                f"{list(feature_channels)}"
+                f"the STDC head (TextKDSTDCHead) needs backbone outputs res3/res4/res5; missing "
+                f"{missing} in {list(input_channels)}"
             )
-        return {k: int(feature_channels[k]) for k in ("res3", "res4", "res5")}
-    # STDC (and ResNet) widths of res3 : res4 : res5 are 1 : 2 : 4
+        return {k: int(input_channels[k]) for k in names}
+    # one width given: STDC (and ResNet) widths of res3 : res4 : res5 are 1 : 2 : 4
     factor = {"res3": 1, "res4": 2, "res5": 4}
     if in_feature not in factor:
         raise ValueError(
             f"cannot infer the STDC head input widths from '{in_feature}': pass feature_channels"
         )
+    in_channels = int(input_channels[in_feature])
     unit = in_channels * 1.0 / factor[in_feature]
     if unit != int(unit):
         raise ValueError(f"{in_feature} width {in_channels} is not a multiple of {factor}")
     return {k: int(unit) * f for k, f in factor.items()}
-
-
-@register_head("stdc")
-def _stdc(
-    in_channels: int,
-    num_classes: int,
-    channels: int | None = None,
-    dropout: float = 0.1,
-    norm_layer: str | NormLayer | None = None,
-    in_feature: str = "res5",
-    feature_channels: Mapping[str, int] | None = None,
-    context_channels: int = 128,
-    detail_channels: int = 64,
-    **_: Any,
-) -> nn.Module:
-    """Factory of :class:`STDCHead` for :func:`~textkd.modeling.segmentor.build_segmentor`.
-
-    The widths of res3/res4/res5 come from ``feature_channels`` (the backbone's
-    ``out_channels``) or, without it, from ``in_channels`` of ``in_feature`` and the STDC ratio
-    1:2:4. ``channels`` None = 256 (STDC-Seg)."""
-    ch = _stdc_feature_channels(in_channels, in_feature, feature_channels)
-    return STDCHead(
-        ch["res3"],
-        ch["res4"],
-        ch["res5"],
-        num_classes,
-        channels=channels or 256,
-        context_channels=context_channels,
-        detail_channels=detail_channels,
-        dropout=dropout,
-        norm_layer=norm_layer,
-    )
 
 
 # --------------------------------------------------------------------------- detail loss

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 
+from . import classes as C
+from .catalog import DatasetSpec, register_dataset
 from .common import (
     Conversion,
     SplitReport,
@@ -106,3 +108,16 @@ def load_ade20k(root: str | None, split: str) -> list[dict]:
     check_split_size("ADE20K", split, len(records), ADE20K_SPLITS[split][1])
     logger.info("ADE20K %s: %d images from %s", split, len(records), image_dir)
     return records
+
+
+def ade20k_roots(root: str | None, split: str) -> tuple[str, str]:
+    """``(image_root, sem_seg_root)`` of a split: ``images/<folder>``, the prepared labels."""
+    base, folder = ade20k_dir(root), ADE20K_SPLITS[split][0]
+    return os.path.join(base, "images", folder), os.path.join(base, PREPARED_DIR, folder)
+
+
+register_dataset(
+    DatasetSpec(
+        "ade20k", tuple(ADE20K_SPLITS), load_ade20k, ade20k_roots, C.ADE20K_CLASSES, C.ADE20K_COLORS
+    )
+)

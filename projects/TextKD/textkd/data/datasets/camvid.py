@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import os
 
+from . import classes as C
+from .catalog import DatasetSpec, register_dataset
 from .classes import CAMVID_VOID_ID
 from .common import (
     IGNORE_LABEL,
@@ -153,3 +155,18 @@ def load_camvid(root: str | None, split: str) -> list[dict]:
     check_split_size("CamVid", split, len(records), CAMVID_SPLITS[split])
     logger.info("CamVid %s: %d images", split, len(records))
     return records
+
+
+def camvid_roots(root: str | None, split: str) -> tuple[str, str]:
+    """``(image_root, sem_seg_root)`` of a split (``trainval`` spans two folders: the base)."""
+    base = camvid_dir(root)
+    if split == "trainval":
+        return base, base
+    return os.path.join(base, split), os.path.join(base, split + PREPARED_SUFFIX)
+
+
+register_dataset(
+    DatasetSpec(
+        "camvid", tuple(CAMVID_SPLITS), load_camvid, camvid_roots, C.CAMVID_CLASSES, C.CAMVID_COLORS
+    )
+)

@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from . import classes as C
+from .catalog import DatasetSpec, register_dataset
 from .common import (
     Conversion,
     SplitReport,
@@ -167,3 +169,16 @@ def load_cityscapes(root: str | None, split: str) -> list[dict]:
     check_split_size("Cityscapes", split, len(records), CITYSCAPES_SPLITS[split])
     logger.info("Cityscapes %s: %d images from %s", split, len(records), image_dir)
     return records
+
+
+register_dataset(
+    DatasetSpec(
+        "cityscapes",
+        tuple(CITYSCAPES_SPLITS),
+        load_cityscapes,
+        cityscapes_dirs,
+        C.CITYSCAPES_CLASSES,
+        C.CITYSCAPES_COLORS,
+        evaluator_type="cityscapes_sem_seg",  # also sets gt_dir = sem_seg_root
+    )
+)

@@ -33,6 +33,8 @@ import os
 
 import numpy as np
 
+from . import classes as C
+from .catalog import DatasetSpec, register_dataset
 from .classes import COCO_STUFF_182_TO_171
 from .common import (
     IGNORE_LABEL,
@@ -308,3 +310,58 @@ def load_coco_stuff_10k(root: str | None, split: str) -> list[dict]:
     check_split_size("COCO-Stuff-10K", split, len(records), COCO_STUFF_10K_SPLITS[split])
     logger.info("COCO-Stuff-10K %s: %d images from %s", split, len(records), list_path)
     return records
+
+
+def coco_stuff_164k_roots(
+    root: str | None, split: str, label_dir: str = PREPARED_164K_DIR
+) -> tuple[str, str]:
+    """``(image_root, sem_seg_root)`` of a COCO-Stuff-164k split (``label_dir``: the prepared
+    171-class maps, or ``RAW_164K_DIR`` for CIRKD's 182-class protocol)."""
+    base, folder = coco_dir(root), COCO_STUFF_164K_SPLITS[split][0]
+    return os.path.join(base, folder), os.path.join(base, label_dir, folder)
+
+
+def coco_stuff_10k_roots(root: str | None, split: str) -> tuple[str, str]:
+    """``(image_root, sem_seg_root)`` of COCO-Stuff-10k (one folder for both splits)."""
+    base = cocostuff10k_dir(root)
+    return os.path.join(base, "images"), os.path.join(base, PREPARED_10K_DIR)
+
+
+def _load_164k_182(root: str | None, split: str) -> list[dict]:
+    return load_coco_stuff_164k(root, split, num_classes=182)
+
+
+def _roots_164k_182(root: str | None, split: str) -> tuple[str, str]:
+    return coco_stuff_164k_roots(root, split, RAW_164K_DIR)
+
+
+register_dataset(
+    DatasetSpec(
+        "coco_stuff_164k",
+        tuple(COCO_STUFF_164K_SPLITS),
+        load_coco_stuff_164k,
+        coco_stuff_164k_roots,
+        C.COCO_STUFF_171_CLASSES,
+        C.COCO_STUFF_171_COLORS,
+    )
+)
+register_dataset(  # CIRKD's protocol: the raw 182-id maps
+    DatasetSpec(
+        "coco_stuff_164k_182",
+        tuple(COCO_STUFF_164K_SPLITS),
+        _load_164k_182,
+        _roots_164k_182,
+        C.COCO_STUFF_182_CLASSES,
+        C.COCO_STUFF_182_COLORS,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "coco_stuff_10k",
+        tuple(COCO_STUFF_10K_SPLITS),
+        load_coco_stuff_10k,
+        coco_stuff_10k_roots,
+        C.COCO_STUFF_171_CLASSES,
+        C.COCO_STUFF_171_COLORS,
+    )
+)

@@ -23,6 +23,8 @@ import os
 
 import numpy as np
 
+from . import classes as C
+from .catalog import DatasetSpec, register_dataset
 from .classes import VOC_PALETTE
 from .common import (
     IGNORE_LABEL,
@@ -177,3 +179,16 @@ def load_voc(root: str | None, split: str) -> list[dict]:
     check_split_size("Pascal VOC", split, len(records), VOC_SPLITS[split])
     logger.info("Pascal VOC %s: %d images from %s", split, len(records), list_path)
     return records
+
+
+def voc_roots(root: str | None, split: str) -> tuple[str, str]:
+    """``(image_root, sem_seg_root)`` of a split: JPEGImages and SegmentationClassAug (train_aug)
+    or SegmentationClass."""
+    base = voc_dir(root)
+    label_dir = AUG_LABEL_DIR if split == "train_aug" else "SegmentationClass"
+    return os.path.join(base, "JPEGImages"), os.path.join(base, label_dir)
+
+
+register_dataset(
+    DatasetSpec("voc", tuple(VOC_SPLITS), load_voc, voc_roots, C.VOC_CLASSES, C.VOC_COLORS)
+)
