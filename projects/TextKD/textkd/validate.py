@@ -13,7 +13,9 @@ config node before it builds anything; a configuration that cannot be meant stop
 * keys that the config accepts but TextKD does not use (detectron2's generic ones such as
   ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT``, and TextKD keys that the chosen model ignores, e.g.
   ``MODEL.DISTILL.*`` in a single-model config) when set to a value other than the default;
-* training with plain BatchNorm on one image per GPU.
+* training with plain BatchNorm on one image per GPU;
+* a discriminator (``MODEL.DISTILL.ADVERSARIAL``) with a non-positive learning rate, betas
+  outside [0, 1), an unknown loss or input.
 
 The config is read as nested mappings with attribute access (a detectron2 / yacs ``CfgNode``);
 ``defaults`` is a config node of the same kind holding the default values (the edge passes
@@ -27,6 +29,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from .distill.adversarial import adversarial_problems
 from .modeling.backbones import norm_name
 from .modeling.weights import check_checkpoint_file
 
@@ -299,6 +302,9 @@ def validate_config(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     problems = number_problems(cfg)
+    adversarial = _get(cfg, "MODEL.DISTILL.ADVERSARIAL")
+    if adversarial is not None:
+        problems += adversarial_problems(adversarial, "MODEL.DISTILL.ADVERSARIAL", weights=False)
     if defaults is not None:
         problems += unused_key_problems(cfg, defaults)
     if mode in ("train", "eval"):

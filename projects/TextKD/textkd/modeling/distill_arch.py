@@ -20,6 +20,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 
+from ..distill.adversarial import HolisticAdversarial
 from ..distill.base import TermContext, TrainingTerm, build_terms
 from ..distill.terms import Distiller
 from ..distill.text_plugins import TextDistiller
@@ -52,6 +53,7 @@ __all__ = ["DISTILL_TERMS", "DistillSemanticSegmentor", "build_teacher", "load_t
 DISTILL_TERMS: dict[str, tuple[type[TrainingTerm], str]] = {
     "distiller": (Distiller, "MODEL.DISTILL.TERMS"),
     "text_distiller": (TextDistiller, "MODEL"),
+    "adversarial": (HolisticAdversarial, "MODEL.DISTILL.ADVERSARIAL"),
 }
 
 
