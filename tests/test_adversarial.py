@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from _reference_weights import deterministic_state_dict
-from fixtures.make_adversarial_fixture import inputs, student_head
+from fixtures.make_adversarial_fixture import DROPOUT_SEED, head_inputs, inputs, student_head
 from textkd.distill.adversarial import (
     Discriminator,
     HolisticAdversarial,
@@ -21,6 +21,8 @@ from textkd.distill.adversarial import (
 )
 from textkd.distill.base import TermContext, compose_losses, own_parameter_ids
 from textkd.distill.terms import DEFAULTS, Distiller
+from textkd.modeling.heads import DeepLabV3Head
+from textkd.modeling.losses import segmentation_losses
 from textkd.modeling.outputs import SegOutput
 from torch import nn
 
@@ -174,6 +176,102 @@ def test_kd_cwd_adversarial_recipe_step_matches_cirkd(ref, single_thread):
     for name, value in student.state_dict().items():
         close(value, exp["student_after"][name], 1e-5, f"student {name}")
     check_d(adv, before, exp["d"])
+
+
+def check_summary(module: nn.Module, before: dict, expected: dict, what: str, rtol=1e-5):
+    """A module's state after an SGD step (and the gradients of the step) as the reference's
+    summary (full small tensors, the first values of large ones, norms)."""
+    state = module.state_dict()
+    params = dict(module.named_parameters())
+    assert set(expected) == set(state), what
+    for k, rec in expected.items():
+        got = state[k].float()
+        close(got.flatten()[: rec["after"].numel()], rec["after"].flatten(), rtol, f"{what} {k}")
+        delta = float((got - before[k].float()).norm())
+        assert delta == pytest.approx(rec["norm_delta"], rel=1e-4, abs=1e-9), f"{what} {k}"
+        if "grad" in rec:
+            g = params[k].grad
+            close(g.flatten()[: rec["grad"].numel()], rec["grad"].flatten(), 1e-4, f"{what} {k}")
+            assert float(g.norm()) == pytest.approx(rec["grad_norm"], rel=1e-4), f"{what} {k}"
+
+
+@pytest.mark.parametrize(
+    "feature",
+    [
+        "after_dropout",
+        pytest.param(
+            "head_output",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="TextKD's DeepLabV3Head returns its feature before the head's "
+                "Dropout(0.1); CIRKD's x_feat_after_aspp (what its CWD/SKD/IFVD read) is taken "
+                "after it, so in training the feature terms differ (fix in modeling/heads.py)",
+            ),
+        ),
+    ],
+)
+def test_kd_cwd_adversarial_recipe_step_on_the_deeplabv3_head_matches_cirkd(
+    ref, feature, single_thread
+):
+    """The recipe's step (task loss + KD 1 + CWD feature 50 / logits 3 + adversarial 0.001, D
+    0.1) on TextKD's DeepLabV3 head of an R18 student (CIRKD's weights by key name, ALIGN_CORNERS
+    True, dropout on with the same draws) over a fixed res5 map of a 512×512 crop: every loss,
+    the head's gradients and weights after SGD (lr 0.02, momentum 0.9, weight decay 1e-4) and
+    D's state after its step equal CIRKD's. The backbone is not part of this check.
+
+    ``feature``: the map CWD-feature reads: the tensor after the head's dropout (CIRKD's), or
+    the head's own ``feature`` output (before it; a known difference, xfail)."""
+    exp = ref["head_recipe"]
+    hd = head_inputs()
+    for k, v in hd.items():
+        assert (float(v.float().sum()), float(v.float().norm())) == pytest.approx(
+            ref["head_input_checks"][k]
+        )
+    k = ref["constants"]["K"]
+    head = DeepLabV3Head(512, k, channels=128, norm_layer="BN", align_corners=True).train()
+    state = deterministic_state_dict(ref["head_key_shapes"], seed=2)
+    head.load_state_dict({key[len("head.") :]: v for key, v in state.items()})
+    before_head = {key: v.clone() for key, v in head.state_dict().items()}
+    ctx = TermContext(
+        num_classes=k,
+        student_channels={"logits": k, "feature": 128},
+        teacher_channels={"logits": k, "feature": 128},
+    )
+    distiller = Distiller.from_config(
+        {name: DEFAULTS[name] for name in ("kd", "cwd_feature", "cwd_logits")}, ctx
+    )
+    adv = make_term(ref)
+    before_d = {key: v.clone() for key, v in adv.discriminator.state_dict().items()}
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
+    dropped = []
+    hook = head.block[3].register_forward_hook(lambda m, i, o: dropped.append(o))
+    torch.manual_seed(DROPOUT_SEED)
+    logits, head_feature = head({"res5": hd["res5"]})
+    hook.remove()
+    s_out = out(logits, dropped[0] if feature == "after_dropout" else head_feature)
+    targets = hd["labels"].clone()
+    targets[targets == k] = 255
+    losses = segmentation_losses(s_out, targets, ignore_label=255, align_corners=True)
+    logs = {}
+    losses.update(
+        compose_losses(
+            [distiller, adv], s_out, out(hd["t_logits"], hd["t_feature"]), targets, logs=logs
+        )
+    )
+    for name, key in [
+        ("task", "loss_sem_seg"),
+        ("kd", "loss_kd"),
+        ("cwd_feature", "loss_cwd_feature"),
+        ("cwd_logits", "loss_cwd_logits"),
+        ("adv", "loss_adv"),
+    ]:
+        assert float(losses[key].detach()) == pytest.approx(exp["losses"][name], rel=1e-5), key
+    assert float(logs["d_loss_adv"]) == pytest.approx(exp["losses"]["d_adv"], rel=1e-5)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    check_summary(head, before_head, exp["head"], "head")
+    check_d(adv, before_d, exp["d"])
 
 
 def test_generator_gradient_never_reaches_d_and_d_stays_out_of_the_main_optimizer(ref):
