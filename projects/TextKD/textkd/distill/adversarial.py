@@ -342,7 +342,13 @@ class HolisticAdversarial(TrainingTerm):
 
     # ------------------------------------------------------------------ the term
     def extra_step(self, student_out, teacher_out, targets=None, *, iteration=None):
-        fake, real = self.d_input(student_out), self.d_input(teacher_out).detach()
+        # D runs in float32 (as the reference) even inside the trainer's autocast
+        with torch.autocast(student_out.logits.device.type, enabled=False):
+            return self._step(student_out, teacher_out)
+
+    def _step(self, student_out, teacher_out) -> dict[str, torch.Tensor]:
+        fake = self.d_input(student_out).float()
+        real = self.d_input(teacher_out).detach().float()
         distributed = self._distributed()
         if distributed and not self._synced:
             self._broadcast(
@@ -370,5 +376,6 @@ class HolisticAdversarial(TrainingTerm):
     def forward(self, student_out, teacher_out=None, targets=None, *, iteration=None):
         d_fake, self._pending = self._pending, None
         if d_fake is None:  # no step of D ran before (evaluation): D as it is
-            d_fake = self.discriminator(self.d_input(student_out))
+            with torch.autocast(student_out.logits.device.type, enabled=False):
+                d_fake = self.discriminator(self.d_input(student_out).float())
         return {"loss_adv": self.weight * generator_loss(d_fake)}
