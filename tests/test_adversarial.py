@@ -1,7 +1,8 @@
 """The holistic adversarial term against CIRKD's own code (tests/data/reference/adversarial.pt,
 made by tests/fixtures/make_adversarial_fixture.py from CIRKD 2d8ad0f): the generator term, the
 discriminator's loss (hinge, and WGAN with its gradient penalty), D's gradients and its state
-after its Adam step, and one step of the KD + CWD + adversarial recipe (student and D)."""
+after its Adam step, and one step of the KD + CWD + adversarial recipe (student and D) on a small
+head, on CIRKD's DeepLabV3 head and on the whole DeepLabV3-R18 student (slow)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from _reference_weights import deterministic_state_dict
-from fixtures.make_adversarial_fixture import DROPOUT_SEED, head_inputs, inputs, student_head
+from fixtures.make_adversarial_fixture import (
+    DROPOUT_SEED,
+    head_inputs,
+    inputs,
+    model_inputs,
+    student_head,
+)
 from textkd.distill.adversarial import (
     Discriminator,
     HolisticAdversarial,
@@ -21,9 +28,11 @@ from textkd.distill.adversarial import (
 )
 from textkd.distill.base import TermContext, compose_losses, own_parameter_ids
 from textkd.distill.terms import DEFAULTS, Distiller
+from textkd.modeling.convert import convert_cirkd_segmentor
 from textkd.modeling.heads import DeepLabV3Head
 from textkd.modeling.losses import segmentation_losses
 from textkd.modeling.outputs import SegOutput
+from textkd.modeling.segmentor import build_segmentor
 from torch import nn
 
 FIXTURE = Path(__file__).parent / "data" / "reference" / "adversarial.pt"
@@ -271,6 +280,83 @@ def test_kd_cwd_adversarial_recipe_step_on_the_deeplabv3_head_matches_cirkd(
     sum(losses.values()).backward()
     optimizer.step()
     check_summary(head, before_head, exp["head"], "head")
+    check_d(adv, before_d, exp["d"])
+
+
+def _cirkd_model(shapes, seed: int, train: bool):
+    """The TextKD segmentor of a CIRKD DeepLabV3 state dict (converted as
+    tools/convert_checkpoint.py does), and the CIRKD -> TextKD key map."""
+    conv = convert_cirkd_segmentor(deterministic_state_dict(shapes, seed=seed))
+    st = conv.settings
+    model = build_segmentor(
+        head="deeplabv3",
+        backbone=st["MODEL.SEG_BACKBONE.ARCH"],
+        num_classes=st["MODEL.SEM_SEG_HEAD.NUM_CLASSES"],
+        channels=st["MODEL.SEM_SEG_HEAD.CHANNELS"],
+        aspp_dilations=st["MODEL.SEM_SEG_HEAD.ASPP_DILATIONS"],
+        aux=True,
+        aux_channels=st["MODEL.SEM_SEG_HEAD.AUX_CHANNELS"],
+        align_corners=st["MODEL.SEM_SEG_HEAD.ALIGN_CORNERS"],
+    )
+    model.load_state_dict(conv.state_dict, strict=True)
+    return model.train(train), conv.key_map
+
+
+@pytest.mark.slow
+def test_kd_cwd_adversarial_recipe_step_on_the_whole_student_matches_cirkd(ref, single_thread):
+    """train_kd.py's step of the CWD recipe (with --aux) on whole models: CIRKD's DeepLabV3-R18
+    student and an R18 teacher (weights by key name, converted), one normalised 2×3×512×512
+    batch, the same dropout draws: every loss, every student tensor after SGD (≤ 1e-5 relative)
+    and D after its step equal the reference's. CWD-feature reads the head's feature after its
+    dropout, as CIRKD's (see the xfail above)."""
+    exp = ref["model_recipe"]
+    data = model_inputs()
+    for k, v in data.items():
+        assert (float(v.float().sum()), float(v.float().norm())) == pytest.approx(
+            ref["model_input_checks"][k]
+        )
+    k = ref["constants"]["K"]
+    teacher, _ = _cirkd_model(exp["teacher_key_shapes"], 4, False)
+    student, key_map = _cirkd_model(exp["student_key_shapes"], 3, True)
+    before = {kk: v.clone() for kk, v in student.state_dict().items()}
+    ctx = TermContext(num_classes=k, student_channels=student.output_channels,
+                      teacher_channels=teacher.output_channels)  # fmt: skip
+    distiller = Distiller.from_config(
+        {name: DEFAULTS[name] for name in ("kd", "cwd_feature", "cwd_logits")}, ctx
+    )
+    adv = make_term(ref)
+    before_d = {kk: v.clone() for kk, v in adv.discriminator.state_dict().items()}
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
+    images, targets = data["images"], data["labels"].clone()
+    targets[targets == k] = 255
+    with torch.no_grad():
+        t_out = teacher(images, with_aux=False)
+    dropped = []
+    hook = student.head.block[3].register_forward_hook(lambda m, i, o: dropped.append(o))
+    torch.manual_seed(DROPOUT_SEED)
+    s_out = student(images, with_aux=True)
+    hook.remove()
+    s_out.feature = dropped[0]
+    losses = segmentation_losses(s_out, targets, 0.4, 255, align_corners=True)
+    logs = {}
+    losses.update(compose_losses([distiller, adv], s_out, t_out, targets, logs=logs))
+    task = losses["loss_sem_seg"] + losses["loss_aux"]
+    assert float(task.detach()) == pytest.approx(exp["losses"]["task"], rel=1e-5)
+    for name in ("kd", "cwd_feature", "cwd_logits", "adv"):
+        got = float(losses[f"loss_{name}"].detach())
+        assert got == pytest.approx(exp["losses"][name], rel=1e-5), name
+    assert float(logs["d_loss_adv"]) == pytest.approx(exp["losses"]["d_adv"], rel=1e-5)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    state = student.state_dict()
+    assert set(key_map) == set(exp["student"])
+    for rk, rec in exp["student"].items():
+        kk = key_map[rk]
+        got = state[kk].float()
+        close(got.flatten()[: rec["after"].numel()], rec["after"], 1e-5, f"student {kk}")
+        delta = float((got - before[kk].float()).norm())
+        assert delta == pytest.approx(rec["norm_delta"], rel=1e-4, abs=1e-9), kk
     check_d(adv, before_d, exp["d"])
 
 
