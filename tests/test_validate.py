@@ -151,6 +151,30 @@ def test_cirkd_memory_node_is_checked_naming_its_keys():
     validate_config(cfg, "benchmark", defaults=None)
 
 
+def test_discriminator_settings_name_their_keys():
+    """MODEL.DISTILL.ADVERSARIAL: a negative weight, a non-positive learning rate and betas out
+    of [0, 1) are refused, each once, naming its key."""
+    cfg = _cfg(MODEL__META_ARCHITECTURE="DistillSemanticSegmentor")
+    good = {
+        "WEIGHT": 0.001,
+        "D_WEIGHT": 0.1,
+        "LOSS": "hinge",
+        "GP_WEIGHT": 0.0,
+        "D_LR": 4e-4,
+        "D_BETAS": [0.9, 0.99],
+        "D_CHANNELS": 64,
+        "INPUT": "logits",
+        "MIN_INPUT_SIZE": 0,
+    }
+    cfg["MODEL"]["DISTILL"]["ADVERSARIAL"] = dict(good)
+    validate_config(cfg, "train")
+    cfg["MODEL"]["DISTILL"]["ADVERSARIAL"].update(WEIGHT=-0.001, D_LR=0.0, D_BETAS=[0.9, 1.0])
+    msg = _problems(cfg, "train")
+    assert "3 problems" in msg
+    for key in ("WEIGHT is -0.001", "D_LR is 0.0", "D_BETAS is [0.9, 1.0]"):
+        assert f"MODEL.DISTILL.ADVERSARIAL.{key}" in msg, key
+
+
 def test_unused_keys_are_refused_when_set():
     msg = _problems(_cfg(MODEL__SEM_SEG_HEAD__LOSS_WEIGHT=2.0))
     assert "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT is 2.0 but TextKD does not use it" in msg

@@ -107,13 +107,22 @@ def add_textkd_config(cfg: CN) -> None:
     # WEIGHT (0 disables it), and the method's own parameters as upper-case keys, e.g.
     #   TERMS: {cwd_logits: {METHOD: cwd, INPUT: logits, WEIGHT: 3.0, TEMPERATURE: 4.0}}
     _C.MODEL.DISTILL.TERMS = CN(new_allowed=True)
-
-    # holistic adversarial term of CIRKD's SKD/IFVD/CWD recipes (METHODS.md section 1): generator
-    # weight lambda_adv (reference 0.001 when enabled) and discriminator weight lambda_d (0.1).
-    # Placeholder node: the term itself lands with its own branch.
+    # CIRKD's holistic adversarial term (distill/adversarial.py): a discriminator on the maps,
+    # trained by its own Adam step each iteration. Reference (train_kd.py, CWD/SKD/IFVD recipes):
+    # WEIGHT 0.001, D_WEIGHT 0.1, LOSS "hinge", D_LR 4e-4, D_BETAS (0.9, 0.99), D_CHANNELS 64
     _C.MODEL.DISTILL.ADVERSARIAL = CN()
-    _C.MODEL.DISTILL.ADVERSARIAL.WEIGHT = 0.0
-    _C.MODEL.DISTILL.ADVERSARIAL.D_WEIGHT = 0.1
+    _C.MODEL.DISTILL.ADVERSARIAL.WEIGHT = 0.0  # lambda_adv of the student's term; 0.001, 0 = off
+    _C.MODEL.DISTILL.ADVERSARIAL.D_WEIGHT = 0.1  # lambda_d of the discriminator's loss
+    _C.MODEL.DISTILL.ADVERSARIAL.LOSS = "hinge"  # "hinge" (train_kd.py) or "wgan-gp"
+    # gradient penalty of "wgan-gp" (train_kd.py applies none; SAGAN's CriterionAdditionalGP)
+    _C.MODEL.DISTILL.ADVERSARIAL.GP_WEIGHT = 0.0
+    _C.MODEL.DISTILL.ADVERSARIAL.D_LR = 4e-4  # Adam, constant (no schedule), as train_kd.py
+    _C.MODEL.DISTILL.ADVERSARIAL.D_BETAS = [0.9, 0.99]
+    _C.MODEL.DISTILL.ADVERSARIAL.D_CHANNELS = 64  # SAGAN Discriminator's conv_dim
+    _C.MODEL.DISTILL.ADVERSARIAL.INPUT = "logits"  # raw logits, no softmax (train_kd.py)
+    # maps smaller than this per side are bilinearly upsampled for D (0 = never, the reference;
+    # D needs >= 64, i.e. crops >= 512 at stride 8; small synthetic crops set 64)
+    _C.MODEL.DISTILL.ADVERSARIAL.MIN_INPUT_SIZE = 0
 
     # text-assisted plugins (METHODS.md section 2)
     _C.MODEL.DISTILL.TEXT = CN()

@@ -1,5 +1,7 @@
 """Training engine (detectron2 layer): config setup, the Trainer, an atomic and strict
-checkpointer, and the student export."""
+checkpointer, and the student export. Parameters a training term optimizes itself (the
+adversarial term's discriminator) stay out of the main optimizer and of DDP; the term's own
+optimizer is a checkpointable (``<term>_optimizer``) of training checkpoints."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from .best_checkpoint import add_best_checkpoint_hook
 from .config import add_textkd_config
 from .data.mapper import TextKDSemSegDatasetMapper
 from .data.sampling import KeyedMapDataset, ResumableTrainingSampler, seed_step_rngs
+from .distill.base import TrainingTerm, own_parameter_ids
 from .evaluation.cityscapes_evaluation import TextKDCityscapesSemSegEvaluator
 from .evaluation.sem_seg_evaluation import TextKDSemSegEvaluator
 from .modeling.build import check_num_classes, resolve_norm
@@ -371,7 +374,7 @@ def _train_sampler(data_loader) -> ResumableTrainingSampler | None:
 
 
 # entries of a distillation checkpoint that belong to the distillation, not to the student
-_DISTILL_ONLY = ("distiller.", "text_distiller.", "cirkd_memory.", "teacher.")
+_DISTILL_ONLY = ("distiller.", "text_distiller.", "cirkd_memory.", "adversarial.", "teacher.")
 
 
 def _is_disk_full(e: BaseException) -> bool:
@@ -384,6 +387,30 @@ def _is_disk_full(e: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def term_optimizers(model) -> dict[str, torch.optim.Optimizer]:
+    """``{"<term attribute>_optimizer": optimizer}`` of every training term with an optimizer
+    of its own: checkpointables of the trainer, so their state is saved and resumed."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return {
+        f"{name}_optimizer": m.own_optimizer()
+        for name, m in model.named_modules()
+        if isinstance(m, TrainingTerm) and m.own_optimizer() is not None
+    }
+
+
+def _ddp_ignore_own_parameters(model) -> None:
+    """Keep the parameters that training terms optimize themselves out of DDP: they get no
+    gradient from the student's loss (which DDP would wait for) and the term keeps them in sync
+    across ranks itself."""
+    own = own_parameter_ids(model)
+    if own:
+        names = [n for n, p in model.named_parameters() if id(p) in own]
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, names
+        )
 
 
 def _find_unused(cfg) -> bool:
@@ -413,6 +440,7 @@ class Trainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         # a CPU model (gloo) takes no device_ids; detectron2 passes the local rank regardless
         ddp_kwargs = {} if str(cfg.MODEL.DEVICE).startswith("cuda") else {"device_ids": None}
+        _ddp_ignore_own_parameters(model)
         # plain BN (CPU, or NORM "BN") keeps per-rank running statistics: broadcast rank 0's at
         # every forward so all ranks (and their shares of a distributed evaluation) use the
         # statistics the checkpoint saves; SyncBN keeps them identical by itself
@@ -429,7 +457,9 @@ class Trainer(DefaultTrainer):
         self._order_seed = self._sampler.seed if self._sampler else data_order_seed(cfg)
         self._order_restored: dict | None = None
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = TextKDCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = TextKDCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **term_optimizers(model)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -529,6 +559,20 @@ class Trainer(DefaultTrainer):
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logging.getLogger("textkd").info("trainable parameters: %.2fM", n_train / 1e6)
         return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's optimizer over the model's parameters except those a training term
+        optimizes itself (a discriminator: :func:`~textkd.distill.base.own_parameter_ids`)."""
+        own = [p for p in model.parameters() if id(p) in own_parameter_ids(model)]
+        flags = [p.requires_grad for p in own]
+        try:
+            for p in own:  # detectron2 skips parameters that do not require grad
+                p.requires_grad_(False)
+            return super().build_optimizer(cfg, model)
+        finally:
+            for p, flag in zip(own, flags):
+                p.requires_grad_(flag)
 
     @classmethod
     def build_train_loader(cls, cfg):

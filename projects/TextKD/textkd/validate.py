@@ -25,6 +25,8 @@ config node before it builds anything; a configuration that cannot be meant stop
 * sizes of CIRKD's memory (``MODEL.DISTILL.CIRKD_MEMORY.*_SIZE``, ``PIXELS_PER_CLASS``) that are
   not positive integers, a negative ``PROJ_DIM`` (its weights and temperatures are checked with
   the others).
+* a discriminator (``MODEL.DISTILL.ADVERSARIAL``) with a non-positive learning rate, betas
+  outside [0, 1), an unknown loss or input.
 
 The config is read as nested mappings with attribute access (a detectron2 / yacs ``CfgNode``);
 ``defaults`` is a config node of the same kind holding the default values (the edge passes
@@ -40,6 +42,7 @@ from typing import Any
 
 import torch
 
+from .distill.adversarial import adversarial_problems
 from .modeling.backbones import is_cirkd_backbone_state, norm_name, unwrap_state_dict
 from .modeling.convert import CIRKD_PIXEL_MEAN, CIRKD_PIXEL_STD
 from .modeling.weights import check_checkpoint_file, load_checkpoint_file
@@ -484,6 +487,9 @@ def validate_config(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     problems = number_problems(cfg) + scale_set_problems(cfg) + cirkd_memory_problems(cfg)
+    adversarial = _get(cfg, "MODEL.DISTILL.ADVERSARIAL")
+    if adversarial is not None:
+        problems += adversarial_problems(adversarial, "MODEL.DISTILL.ADVERSARIAL", weights=False)
     if defaults is not None:
         problems += unused_key_problems(cfg, defaults)
     if mode in ("train", "eval"):

@@ -131,6 +131,11 @@ class TrainingTerm(nn.Module):
         leave them out (:func:`own_parameter_ids`). Default: none."""
         return []
 
+    def own_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer of :meth:`extra_step`, whose state the trainer saves with training
+        checkpoints and restores on resume. Default: none."""
+        return None
+
     def extra_step(
         self, student_out, teacher_out, targets: torch.Tensor | None = None, *, iteration=None
     ) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 
+from ..distill.adversarial import HolisticAdversarial
 from ..distill.base import TermContext, TrainingTerm, build_terms
 from ..distill.cirkd_memory import CIRKDMemory
 from ..distill.terms import Distiller
@@ -55,6 +56,7 @@ DISTILL_TERMS: dict[str, tuple[type[TrainingTerm], str]] = {
     "distiller": (Distiller, "MODEL.DISTILL.TERMS"),
     "text_distiller": (TextDistiller, "MODEL"),
     "cirkd_memory": (CIRKDMemory, "MODEL.DISTILL.CIRKD_MEMORY"),
+    "adversarial": (HolisticAdversarial, "MODEL.DISTILL.ADVERSARIAL"),
 }
 
 

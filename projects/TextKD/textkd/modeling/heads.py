@@ -4,8 +4,8 @@ Module names follow the CIRKD reference code (``aspp.b0..b4``, ``aspp.project``,
 ``psp.conv1..4``, ``classifier``), so converted reference checkpoints map key for key. Every main
 head has ``forward(features) -> (logits, feature)`` where ``features`` is the backbone's dict
 (the head reads ``features[self.in_feature]``) or a single tensor, ``feature`` is the
-penultimate decoder feature (before dropout and the 1×1 classifier) and ``out_channels`` its
-channel count. Each main head is registered once (``@register_head``, :mod:`.registry`) and
+penultimate decoder feature (the input of the 1×1 classifier: for DeepLabV3 and PSPNet after
+their dropout, as CIRKD's heads return it; FCN's before) and ``out_channels`` its channel count. Each main head is registered once (``@register_head``, :mod:`.registry`) and
 computes its arguments from the ``MODEL.SEM_SEG_HEAD`` keys in ``from_config``. A head that
 resizes bilinearly does so with its ``align_corners`` attribute (the model's one setting,
 ``MODEL.SEM_SEG_HEAD.ALIGN_CORNERS``; CIRKD's heads use True). Plain PyTorch, no detectron2.
@@ -138,7 +138,8 @@ class ASPP(nn.Module):
 @register_head("deeplabv3", d2_name="TextKDDeepLabV3Head")
 class DeepLabV3Head(nn.Module):
     """DeepLabV3 head as in the CIRKD reference: ASPP(rates ``dilations``) to ``channels``,
-    then 3×3 conv + BN + ReLU = the penultimate ``feature``, Dropout(``dropout``), 1×1 conv to
+    then 3×3 conv + BN + ReLU + Dropout(``dropout``) = the penultimate ``feature`` (after the
+    dropout, as CIRKD's ``x_feat_after_aspp``, which its feature distillation reads), 1×1 conv to
     ``num_classes`` logits. The ASPP projection has its own Dropout(``aspp_dropout``)."""
 
     # reference width: (>= 1024 input channels, ResNet-50/101; ResNet-18 / MobileNetV2)
@@ -190,8 +191,9 @@ class DeepLabV3Head(nn.Module):
 
     def forward(self, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.aspp(select_feature(features, self.in_feature))
-        feature = self.block[0:3](x)
-        logits = self.block[4](self.block[3](feature))
+        # CIRKD's x_feat_after_aspp: the feature after the dropout (identical in evaluation)
+        feature = self.block[0:4](x)
+        logits = self.block[4](feature)
         return logits, feature
 
 
@@ -232,8 +234,9 @@ class PyramidPooling(nn.Module):
 
 @register_head("pspnet", d2_name="TextKDPSPHead")
 class PSPHead(nn.Module):
-    """PSPNet head (CIRKD reference): pyramid pooling, 3×3 conv + BN + ReLU to ``channels`` =
-    the penultimate ``feature``, Dropout(``dropout``), 1×1 ``classifier``."""
+    """PSPNet head (CIRKD reference): pyramid pooling, 3×3 conv + BN + ReLU to ``channels`` +
+    Dropout(``dropout``) = the penultimate ``feature`` (after the dropout, as CIRKD's), 1×1
+    ``classifier``."""
 
     DEFAULT_CHANNELS = (512, 128)
 
@@ -279,8 +282,9 @@ class PSPHead(nn.Module):
 
     def forward(self, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.psp(select_feature(features, self.in_feature))
-        feature = self.block[0:3](x)
-        logits = self.classifier(self.block[3](feature))
+        # CIRKD's feature: after the dropout (identical in evaluation)
+        feature = self.block[0:4](x)
+        logits = self.classifier(feature)
         return logits, feature
 
 
