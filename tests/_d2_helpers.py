@@ -33,7 +33,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import HookBase
-from textkd.data.register import register_sem_seg
+from textkd.d2.register import register_sem_seg
 from textkd.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, load_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]

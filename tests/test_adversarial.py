@@ -28,11 +28,11 @@ from textkd.distill.adversarial import (
 )
 from textkd.distill.base import TermContext, compose_losses, own_parameter_ids
 from textkd.distill.terms import DEFAULTS, Distiller
-from textkd.modeling.convert import convert_cirkd_segmentor
-from textkd.modeling.heads import DeepLabV3Head
-from textkd.modeling.losses import segmentation_losses
-from textkd.modeling.outputs import SegOutput
-from textkd.modeling.segmentor import build_segmentor
+from textkd.models.convert import convert_cirkd_segmentor
+from textkd.models.heads import DeepLabV3Head
+from textkd.models.losses import segmentation_losses
+from textkd.models.outputs import SegOutput
+from textkd.models.segmentor import build_segmentor
 from torch import nn
 
 FIXTURE = Path(__file__).parent / "data" / "reference" / "adversarial.pt"

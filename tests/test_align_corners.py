@@ -16,12 +16,12 @@ from textkd.distill.base import TermContext
 from textkd.distill.losses import pixel_kd
 from textkd.distill.terms import Distiller
 from textkd.distill.text_plugins import text_probe_ce
-from textkd.modeling.backbones import CIRKD_STEM, build_backbone
-from textkd.modeling.convert import CIRKD_PIXEL_MEAN
-from textkd.modeling.heads import DeepLabV3Head
-from textkd.modeling.losses import segmentation_losses
-from textkd.modeling.outputs import SegOutput
-from textkd.modeling.segmentor import Segmentor, build_segmentor
+from textkd.models.backbones import CIRKD_STEM, build_backbone
+from textkd.models.convert import CIRKD_PIXEL_MEAN
+from textkd.models.heads import DeepLabV3Head
+from textkd.models.losses import segmentation_losses
+from textkd.models.outputs import SegOutput
+from textkd.models.segmentor import Segmentor, build_segmentor
 from textkd.validate import ConfigError, validate_config
 
 K = 5

@@ -302,7 +302,7 @@ def test_losses_lad_step_and_eval_memory(tmp_path):
 def synthetic_in_tmp(tmp_path):
     """Register the datasets under tmp_path (the synthetic one is generated there on first use),
     and back to the usual root afterwards."""
-    from textkd.data import register
+    from textkd.d2 import register
 
     register.register_all(str(tmp_path))
     yield tmp_path

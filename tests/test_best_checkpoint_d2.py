@@ -16,7 +16,7 @@ import torch
 pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
-from textkd.best_checkpoint import BestCheckpointHook  # noqa: E402
+from textkd.d2.best_checkpoint import BestCheckpointHook  # noqa: E402
 from textkd.report import read_run  # noqa: E402
 
 BASE = "deeplabv3_r18_baseline.yaml"

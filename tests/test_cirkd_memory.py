@@ -17,7 +17,7 @@ from textkd.distill.cirkd_memory import (
     enqueue,
     group_pixel_choices,
 )
-from textkd.modeling.outputs import SegOutput
+from textkd.models.outputs import SegOutput
 
 FIXTURE = Path(__file__).parent / "data" / "reference" / "cirkd_memory.pt"
 

@@ -6,7 +6,7 @@ SGD momentum 0.9, weight decay 1e-4, lr 0.02) does to a DeepLabV3-ResNet18 stude
 DeepLabV3-ResNet101 teacher, both with deterministic weights from their key names
 (``tests/_reference_weights.py``), on one fixed batch (generator:
 ``tests/fixtures/make_cirkd_memory_fixture.py``). Here the same CIRKD weights are converted
-(``textkd.modeling.convert``), the TextKD model is built from the Cityscapes CIRKD recipe config
+(``textkd.models.convert``), the TextKD model is built from the Cityscapes CIRKD recipe config
 (with the memory term on and the fixture's small sizes), and one step is run with TextKD's
 optimizer. What is the same on purpose on both sides: dropout off (p = 0; its masks are random),
 the memory's random choices (the fixture's, fed to the term), its initial queues and projection
@@ -31,7 +31,7 @@ TEACHER = H.ROOT / "configs" / "Cityscapes" / "deeplabv3_r101_cirkd_converted_te
 
 
 def _convert(shapes, seed, path) -> str:
-    from textkd.modeling.convert import convert_checkpoint, save_converted
+    from textkd.models.convert import convert_checkpoint, save_converted
 
     conv = convert_checkpoint(deterministic_state_dict(shapes, seed=seed))
     assert conv.kind == "segmentor" and not conv.dropped and not conv.filled
@@ -44,7 +44,7 @@ def step(tmp_path_factory):
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
     from textkd.engine import Trainer, load_config
-    from textkd.modeling.weights import load_segmentor_checkpoint
+    from textkd.models.weights import load_segmentor_checkpoint
 
     tmp_path = tmp_path_factory.mktemp("cirkd_step")
 
@@ -157,7 +157,7 @@ def test_distillation_terms_of_the_step_match_the_reference(step):
 
 
 def test_one_step_of_the_cirkd_recipe_leaves_the_reference_weights(step):
-    from textkd.modeling.convert import to_cirkd_state_dict
+    from textkd.models.convert import to_cirkd_state_dict
 
     ref, model, losses, before, head_before = step
     mem = model.cirkd_memory

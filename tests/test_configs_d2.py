@@ -24,11 +24,11 @@ import yaml  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from textkd.config import add_textkd_config  # noqa: E402
+from textkd.d2.distill_arch import load_teacher_config  # noqa: E402
+from textkd.d2.meta_arch import LADSettings  # noqa: E402
+from textkd.d2.teacher import check_teacher_classes  # noqa: E402
 from textkd.distill.terms import DEFAULTS, parse_terms  # noqa: E402
 from textkd.engine import load_config  # noqa: E402
-from textkd.modeling.d2_teacher import check_teacher_classes  # noqa: E402
-from textkd.modeling.distill_arch import load_teacher_config  # noqa: E402
-from textkd.modeling.meta_arch import LADSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # detectron2 teacher configs (configs/<Dataset>/detectron2/teachers/) are detectron2's own yacs

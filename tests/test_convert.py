@@ -9,8 +9,8 @@ import pytest
 import timm
 import torch
 import torchvision
-from textkd.modeling.backbones import build_backbone
-from textkd.modeling.convert import (
+from textkd.models.backbones import build_backbone
+from textkd.models.convert import (
     CIRKD_PIXEL_MEAN,
     IMAGENET_PIXEL_MEAN,
     IMAGENET_PIXEL_STD,
@@ -22,8 +22,8 @@ from textkd.modeling.convert import (
     to_cirkd_state_dict,
     torchvision_mobilenetv2_to_timm_key,
 )
-from textkd.modeling.segmentor import build_segmentor
-from textkd.modeling.weights import load_segmentor_checkpoint
+from textkd.models.segmentor import build_segmentor
+from textkd.models.weights import load_segmentor_checkpoint
 
 DATA = Path(__file__).parent / "data" / "convert"
 
@@ -378,7 +378,7 @@ def test_compare_state_dicts_is_the_one_strict_key_match():
     """weights.compare_state_dicts, which the backbone loader, the converter and the segmentor
     loader all use: missing, unexpected and mis-shaped keys, in order; short_list cuts long lists.
     """
-    from textkd.modeling.weights import compare_state_dicts, short_list
+    from textkd.models.weights import compare_state_dicts, short_list
 
     own = {"a": torch.zeros(2), "b": torch.zeros(3, 1), "c": torch.zeros(1)}
     state = {"b": torch.zeros(3, 2), "a": torch.zeros(2), "x": torch.zeros(1)}

@@ -25,10 +25,9 @@ import _d2_helpers as H  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from textkd.data.register import register_sem_seg  # noqa: E402
-from textkd.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
-from textkd.engine import Trainer, load_config  # noqa: E402
-from textkd.modeling.d2_teacher import (  # noqa: E402
+from textkd.d2.distill_arch import load_teacher_config  # noqa: E402
+from textkd.d2.register import register_sem_seg  # noqa: E402
+from textkd.d2.teacher import (  # noqa: E402
     D2Teacher,
     build_d2_model,
     check_teacher_classes,
@@ -36,7 +35,8 @@ from textkd.modeling.d2_teacher import (  # noqa: E402
     mask_classification_scores,
     teacher_kind,
 )
-from textkd.modeling.distill_arch import load_teacher_config  # noqa: E402
+from textkd.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
+from textkd.engine import Trainer, load_config  # noqa: E402
 
 REPO = H.ROOT
 # kind -> (name in the student configs, teacher config)

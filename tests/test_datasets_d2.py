@@ -25,8 +25,8 @@ from test_datasets import (  # noqa: E402
     make_voc,
 )
 from textkd.config import add_textkd_config  # noqa: E402
-from textkd.data import register  # noqa: E402
-from textkd.data.mapper import TextKDSemSegDatasetMapper  # noqa: E402
+from textkd.d2 import register  # noqa: E402
+from textkd.d2.mapper import TextKDSemSegDatasetMapper  # noqa: E402
 
 MEAN = (123.675, 116.28, 103.53)
 

@@ -16,12 +16,12 @@ pytestmark = pytest.mark.detectron2
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.evaluation import SemSegEvaluator, print_csv_format  # noqa: E402
-from textkd.evaluation.cityscapes_evaluation import (  # noqa: E402
+from textkd.d2.cityscapes_evaluation import (  # noqa: E402
     TextKDCityscapesSemSegEvaluator,
     train_id_to_label_id,
 )
+from textkd.d2.sem_seg_evaluation import TextKDSemSegEvaluator  # noqa: E402
 from textkd.evaluation.metrics import compute_metrics, confusion_matrix  # noqa: E402
-from textkd.evaluation.sem_seg_evaluation import TextKDSemSegEvaluator  # noqa: E402
 
 K = 4
 CLASSES = ["sky", "road", "car", "person"]
@@ -103,7 +103,7 @@ def _load_as_numpy1_did(filename, copy=False, dtype=None):
 
 def test_textkd_evaluator_uses_no_numpy2_breaking_detectron2_helper():
     """The project's evaluator reads labels itself (no ``load_image_into_numpy_array``)."""
-    import textkd.evaluation.sem_seg_evaluation as ours
+    import textkd.d2.sem_seg_evaluation as ours
 
     assert "load_image_into_numpy_array" not in vars(ours)
     assert "copy=False" not in open(ours.__file__).read()

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 from _reference_weights import deterministic_state_dict
-from textkd.modeling.registry import (
+from textkd.models.registry import (
     D2_HEAD_NAMES,
     HEADS,
     build_head,
@@ -18,7 +18,7 @@ from textkd.modeling.registry import (
     cfg_value,
     register_head,
 )
-from textkd.modeling.segmentor import build_segmentor
+from textkd.models.segmentor import build_segmentor
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from head_equivalence_cases import CASES, inputs  # noqa: E402

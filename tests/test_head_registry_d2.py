@@ -14,10 +14,10 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY  # noqa: E402
 from test_head_registry import check_against_record  # noqa: E402
-from textkd.modeling import build as d2_build  # noqa: E402
-from textkd.modeling.build import build_segmentor_from_cfg, register_d2_heads  # noqa: E402
-from textkd.modeling.heads import DeepLabV3Head  # noqa: E402
-from textkd.modeling.registry import D2_HEAD_NAMES, HEADS, cfg_value, register_head  # noqa: E402
+from textkd.d2 import build as d2_build  # noqa: E402
+from textkd.d2.build import build_segmentor_from_cfg, register_d2_heads  # noqa: E402
+from textkd.models.heads import DeepLabV3Head  # noqa: E402
+from textkd.models.registry import D2_HEAD_NAMES, HEADS, cfg_value, register_head  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from head_equivalence_cases import CASES, build_cfg  # noqa: E402

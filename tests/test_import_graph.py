@@ -94,9 +94,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_graph_sees_module_and_function_level_imports():
     g = import_graph()
     # module level: the task loss does not know any head; the heads import it
-    assert "textkd.modeling.losses" in g["textkd.modeling.ocrnet"]
-    assert not g["textkd.modeling.losses"] & {"textkd.modeling.ocrnet", "textkd.modeling.stdc"}
-    assert "textkd.modeling.outputs" in g["textkd.distill.terms"]
+    assert "textkd.models.losses" in g["textkd.models.ocrnet"]
+    assert not g["textkd.models.losses"] & {"textkd.models.ocrnet", "textkd.models.stdc"}
+    assert "textkd.models.outputs" in g["textkd.distill.terms"]
     # the checker finds a cycle, including one closed only by an import inside a function
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -128,21 +128,21 @@ def test_every_core_module_imports_in_a_fresh_interpreter():
         or m
         in (
             "textkd",
-            "textkd.modeling.backbones",
-            "textkd.modeling.heads",
-            "textkd.modeling.registry",
-            "textkd.modeling.segmentor",
-            "textkd.modeling.losses",
-            "textkd.modeling.ocrnet",
-            "textkd.modeling.stdc",
-            "textkd.modeling.outputs",
-            "textkd.modeling.weights",
-            "textkd.modeling.convert",
+            "textkd.models.backbones",
+            "textkd.models.heads",
+            "textkd.models.registry",
+            "textkd.models.segmentor",
+            "textkd.models.losses",
+            "textkd.models.ocrnet",
+            "textkd.models.stdc",
+            "textkd.models.outputs",
+            "textkd.models.weights",
+            "textkd.models.convert",
         )
     ]
     core = [m for m in core if not m.endswith(("_evaluation",))]  # the evaluators are detectron2's
     core += ["textkd.data.datasets", "textkd.data.datasets.catalog"]
-    assert "textkd.modeling.losses" in core
+    assert "textkd.models.losses" in core
     code = (
         "import importlib, sys\n"
         "for m in sys.argv[1:]:\n"

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.detectron2
 import _d2_helpers as H  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from textkd.data.mapper import TextKDSemSegDatasetMapper  # noqa: E402
+from textkd.d2.mapper import TextKDSemSegDatasetMapper  # noqa: E402
 from textkd.engine import TextKDCheckpointer, Trainer  # noqa: E402
 
 LAD_KEYS = {

@@ -7,7 +7,7 @@ generated from the official code by tests/fixtures/make_lad_student_fixture.py (
 Test-only settings, the same on both sides: pixels already normalised (mean 0, std 1, so the
 label channel's α is the official 100), dropout off (its masks are random draws no two codebases
 share), the ImageNet file unused (the weights are the deterministic ones of
-tests/_reference_weights.py, converted with modeling/convert.py). The official student is the
+tests/_reference_weights.py, converted with models/convert.py). The official student is the
 4-channel network fed a zero label channel; TextKD's is RGB: its first filters are compared on
 the 3 image channels (the zero channel's filters only decay, they never touch the output)."""
 
@@ -25,7 +25,7 @@ import _d2_helpers as H  # noqa: E402
 from _reference_weights import deterministic_state_dict  # noqa: E402
 from textkd.distill.lad import label_code  # noqa: E402
 from textkd.engine import TextKDCheckpointer, Trainer  # noqa: E402
-from textkd.modeling.convert import convert_cirkd_segmentor  # noqa: E402
+from textkd.models.convert import convert_cirkd_segmentor  # noqa: E402
 
 FIXTURE = H.ROOT / "tests" / "data" / "reference" / "lad_student_step.pt"
 RECIPE = H.ROOT / "configs" / "PascalVOC" / "lad" / "deeplabv3_r18_lad_cwd_40k_bs16.yaml"

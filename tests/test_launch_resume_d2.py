@@ -21,7 +21,7 @@ pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
-from textkd.data import register  # noqa: E402
+from textkd.d2 import register  # noqa: E402
 from textkd.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
 from textkd.engine import TextKDCheckpointer  # noqa: E402
 from textkd.text.bank import load_text_bank  # noqa: E402

@@ -7,16 +7,16 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from textkd.modeling.backbones import (
+from textkd.models.backbones import (
     available_backbones,
     build_backbone,
     freeze_batchnorm,
     load_pretrained,
 )
-from textkd.modeling.heads import AuxFCNHead, DeepLabV3Head, FCNHead, PSPHead
-from textkd.modeling.losses import segmentation_losses, upsample_logits
-from textkd.modeling.outputs import SegOutput
-from textkd.modeling.segmentor import (
+from textkd.models.heads import AuxFCNHead, DeepLabV3Head, FCNHead, PSPHead
+from textkd.models.losses import segmentation_losses, upsample_logits
+from textkd.models.outputs import SegOutput
+from textkd.models.segmentor import (
     HEADS,
     Segmentor,
     build_head,

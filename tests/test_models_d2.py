@@ -11,12 +11,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.modeling import BACKBONE_REGISTRY, SEM_SEG_HEADS_REGISTRY, Backbone  # noqa: E402
 from detectron2.modeling import build_backbone as d2_build_backbone  # noqa: E402
 from textkd.config import add_textkd_config  # noqa: E402
-from textkd.modeling.build import (  # noqa: E402
+from textkd.d2.build import (  # noqa: E402
     build_segmentor_from_cfg,
     check_num_classes,
     resolve_norm,
 )
-from textkd.modeling.segmentor import build_segmentor  # noqa: E402
+from textkd.models.segmentor import build_segmentor  # noqa: E402
 
 K = 7
 

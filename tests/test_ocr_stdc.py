@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from textkd.modeling.backbones import available_backbones, build_backbone
-from textkd.modeling.losses import segmentation_losses
-from textkd.modeling.ocrnet import OCRHead, ocr_region_loss
-from textkd.modeling.outputs import SegOutput
-from textkd.modeling.segmentor import available_heads, build_segmentor
-from textkd.modeling.stdc import (
+from textkd.models.backbones import available_backbones, build_backbone
+from textkd.models.losses import segmentation_losses
+from textkd.models.ocrnet import OCRHead, ocr_region_loss
+from textkd.models.outputs import SegOutput
+from textkd.models.segmentor import available_heads, build_segmentor
+from textkd.models.stdc import (
     STDCHead,
     detail_targets,
     stdc_detail_loss,

@@ -13,15 +13,15 @@ import torch  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, build_model  # noqa: E402
 from textkd.config import add_textkd_config  # noqa: E402
+from textkd.d2 import meta_arch  # noqa: E402, F401 - registers the meta-architectures
+from textkd.d2.build import build_segmentor_from_cfg  # noqa: E402
 from textkd.engine import TextKDCheckpointer, load_config  # noqa: E402
-from textkd.modeling import meta_arch  # noqa: E402, F401 - registers the meta-architectures
-from textkd.modeling.build import build_segmentor_from_cfg  # noqa: E402
-from textkd.modeling.convert import (  # noqa: E402
+from textkd.models.convert import (  # noqa: E402
     convert_checkpoint,
     save_converted,
     to_cirkd_state_dict,
 )
-from textkd.modeling.segmentor import build_segmentor  # noqa: E402
+from textkd.models.segmentor import build_segmentor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 K = 6

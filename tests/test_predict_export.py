@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from textkd.deploy import DeployableSegmentor, adaptive_avg_pool2d_matmul
-from textkd.modeling.segmentor import build_segmentor
+from textkd.models.segmentor import build_segmentor
 from textkd.visualize import (
     DISAGREE_COLOR,
     colorize,

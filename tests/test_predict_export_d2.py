@@ -16,6 +16,7 @@ import _d2_helpers as H  # noqa: E402
 import export_student  # noqa: E402  (tools/export_student.py)
 import predict  # noqa: E402  (tools/predict.py)
 from PIL import Image  # noqa: E402
+from textkd.d2.build import build_segmentor_from_cfg  # noqa: E402
 from textkd.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_COLORS  # noqa: E402
 from textkd.deploy import (  # noqa: E402
     DeployableSegmentor,
@@ -25,7 +26,6 @@ from textkd.deploy import (  # noqa: E402
     load_exported,
     onnxruntime_available,
 )
-from textkd.modeling.build import build_segmentor_from_cfg  # noqa: E402
 from textkd.predictor import build_deployable, load_model  # noqa: E402
 from textkd.visualize import DISAGREE_COLOR, overlay  # noqa: E402
 

@@ -28,10 +28,10 @@ pytestmark = pytest.mark.detectron2
 import _d2_helpers as H  # noqa: E402
 import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from textkd.data.mapper import TextKDSemSegDatasetMapper  # noqa: E402
+from textkd.d2.distill_arch import load_teacher_config  # noqa: E402
+from textkd.d2.mapper import TextKDSemSegDatasetMapper  # noqa: E402
 from textkd.distill.terms import DEFAULTS, parse_terms  # noqa: E402
 from textkd.engine import check_config, load_config  # noqa: E402
-from textkd.modeling.distill_arch import load_teacher_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REF_CONFIGS = sorted(str(p.relative_to(REPO)) for p in REPO.glob("configs/*/reference/*.yaml"))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from textkd.distill import losses as L
 from textkd.distill.terms import DEFAULTS, METHODS, Distiller, TermSpec, parse_terms
-from textkd.modeling.outputs import SegOutput
+from textkd.models.outputs import SegOutput
 
 K = 5
 

@@ -15,11 +15,11 @@ pytestmark = pytest.mark.detectron2
 import _d2_helpers as H  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.evaluation import DatasetEvaluators  # noqa: E402
-from textkd.data.register import register_sem_seg  # noqa: E402
+from textkd.d2.cityscapes_evaluation import TextKDCityscapesSemSegEvaluator  # noqa: E402
+from textkd.d2.register import register_sem_seg  # noqa: E402
+from textkd.d2.sem_seg_evaluation import TextKDSemSegEvaluator  # noqa: E402
 from textkd.data.synthetic import load_synthetic  # noqa: E402
 from textkd.engine import Trainer  # noqa: E402
-from textkd.evaluation.cityscapes_evaluation import TextKDCityscapesSemSegEvaluator  # noqa: E402
-from textkd.evaluation.sem_seg_evaluation import TextKDSemSegEvaluator  # noqa: E402
 
 BASELINE = str(H.SYNTH_CONFIGS / "deeplabv3_r18_baseline.yaml")
 

@@ -22,7 +22,7 @@ from textkd.distill.lad import (
 )
 from textkd.distill.terms import ClassicTerm, Distiller, parse_terms
 from textkd.distill.text_plugins import TextDistiller
-from textkd.modeling.outputs import SegOutput
+from textkd.models.outputs import SegOutput
 from torch import nn
 
 K, D = 5, 16

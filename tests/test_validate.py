@@ -1,5 +1,5 @@
 """The framework-free run checks: config validation (textkd.validate), the readable-checkpoint
-check (textkd.modeling.weights) and the OUTPUT_DIR lock (textkd.run_lock)."""
+check (textkd.models.weights) and the OUTPUT_DIR lock (textkd.run_lock)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from textkd.modeling.weights import CheckpointFileError, check_checkpoint_file, read_state_dict
+from textkd.models.weights import CheckpointFileError, check_checkpoint_file, read_state_dict
 from textkd.run_lock import (
     LOCK_NAME,
     OutputDirError,

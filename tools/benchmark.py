@@ -278,9 +278,9 @@ def write_random_teacher(cfg, directory: str, name: str, seed: int) -> str:
     """Write a random-init checkpoint of the teacher described by ``cfg``'s teacher config
     (``segmentor.*`` keys, the layout the strict teacher loader expects) and return its path.
     For benchmarking only."""
-    from textkd.modeling.build import build_segmentor_from_cfg
-    from textkd.modeling.d2_teacher import build_d2_model, is_d2_teacher
-    from textkd.modeling.distill_arch import load_teacher_config
+    from textkd.d2.build import build_segmentor_from_cfg
+    from textkd.d2.distill_arch import load_teacher_config
+    from textkd.d2.teacher import build_d2_model, is_d2_teacher
 
     tcfg = load_teacher_config(cfg)
     torch.manual_seed(seed)
@@ -313,7 +313,7 @@ def build_run(
     if run.distill and args.random_teacher:
         # the random teacher's weights all come from the checkpoint written below: its backbone
         # needs no ImageNet file
-        from textkd.modeling.d2_teacher import is_d2_teacher
+        from textkd.d2.teacher import is_d2_teacher
 
         teacher_cfg = cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE
         if teacher_cfg and not os.path.isfile(teacher_cfg):
@@ -398,7 +398,7 @@ def run_step(model, optimizer, batch: list[dict]) -> dict[str, torch.Tensor]:
 def _leaf_output(out):
     """A copy of a SegOutput whose tensors are detached leaves that require grad, so that the
     distillation losses can be differentiated up to the student outputs only."""
-    from textkd.modeling.outputs import SegOutput
+    from textkd.models.outputs import SegOutput
 
     def leaf(t):
         return None if t is None else t.detach().requires_grad_(True)
@@ -426,7 +426,7 @@ def run_step_parts(model, optimizer, batch: list[dict], device: torch.device) ->
     The gradients equal those of :func:`run_step` (the chain rule split at the student outputs).
     """
     from detectron2.utils.events import get_event_storage
-    from textkd.modeling.distill_arch import DistillSemanticSegmentor
+    from textkd.d2.distill_arch import DistillSemanticSegmentor
 
     times: dict[str, float] = {}
     distill = isinstance(model, DistillSemanticSegmentor)
@@ -811,7 +811,7 @@ def eval_memory(args, dataset: str) -> dict[str, Any]:
     try:
         import textkd.d2  # noqa: F401
         from detectron2.data import MetadataCatalog
-        from textkd.evaluation.sem_seg_evaluation import TextKDSemSegEvaluator
+        from textkd.d2.sem_seg_evaluation import TextKDSemSegEvaluator
     except ImportError:
         rec = B.bench_eval_memory(19, h, w, args.eval_memory_counts, seed=args.seed)
         rec["evaluator"] = "ConfusionMatrix"

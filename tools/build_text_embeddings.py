@@ -13,7 +13,7 @@ Examples::
         --clip-model ViT-B-16 --clip-pretrained /weights/ViT-B-16.pt --output bank.pt
 
 ``--dataset`` reads ``stuff_classes`` from detectron2's MetadataCatalog after importing
-``textkd.data.register``; ``--classes`` / ``--classes-file`` work without detectron2.
+``textkd.d2.register``; ``--classes`` / ``--classes-file`` work without detectron2.
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ def _read_lines(path: str, what: str) -> list[str]:
 def dataset_class_names(dataset: str) -> list[str]:
     """``stuff_classes`` of a registered detectron2 dataset (imports detectron2 lazily)."""
     try:
-        import textkd.data.register  # noqa: F401  (registers the TextKD datasets)
+        import textkd.d2.register  # noqa: F401  (registers the TextKD datasets)
         from detectron2.data import MetadataCatalog
     except ImportError as e:
         raise SystemExit(
-            f"--dataset needs detectron2 and textkd.data.register ({e}); use --classes instead"
+            f"--dataset needs detectron2 and textkd.d2.register ({e}); use --classes instead"
         ) from e
     if dataset not in MetadataCatalog.list():
         raise SystemExit(

@@ -31,7 +31,7 @@ import argparse
 import logging
 import sys
 
-from textkd.modeling.convert import (
+from textkd.models.convert import (
     SOURCE_FORMATS,
     convert_checkpoint,
     load_source_state_dict,

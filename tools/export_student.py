@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     if args.argmax and args.format == "pth":
         ap.error("--argmax applies to the torchscript and onnx formats")
 
-    from textkd.modeling.weights import CheckpointFileError
+    from textkd.models.weights import CheckpointFileError
     from textkd.validate import ConfigError
 
     if args.format == "pth":

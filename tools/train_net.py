@@ -42,7 +42,7 @@ from textkd.engine import (  # noqa: E402
     release_output_lock,
     setup,
 )
-from textkd.modeling.weights import CheckpointFileError  # noqa: E402
+from textkd.models.weights import CheckpointFileError  # noqa: E402
 from textkd.run_lock import OutputDirError, OutputDirInUse  # noqa: E402
 from textkd.validate import ConfigError  # noqa: E402
 

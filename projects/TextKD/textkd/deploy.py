@@ -1,6 +1,6 @@
 """Deployable student: one module from image to logits (or labels), and its export (pure PyTorch).
 
-:class:`DeployableSegmentor` wraps a core :class:`~textkd.modeling.segmentor.Segmentor` with the
+:class:`DeployableSegmentor` wraps a core :class:`~textkd.models.segmentor.Segmentor` with the
 normalisation of its config inside: it takes an ``N×3×H×W`` float image tensor with pixel values
 0–255 in the model's channel order (``INPUT.FORMAT``, RGB by default) and returns ``N×K×H×W``
 logits bilinearly resized to the input size, or the ``N×H×W`` int64 label map (``argmax``). It is

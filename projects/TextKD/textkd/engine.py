@@ -37,15 +37,15 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from . import d2  # noqa: F401  (registers meta-architectures, heads, backbones, datasets)
-from .best_checkpoint import add_best_checkpoint_hook
 from .config import add_textkd_config
-from .data.mapper import TextKDSemSegDatasetMapper
+from .d2.best_checkpoint import add_best_checkpoint_hook
+from .d2.build import check_num_classes, resolve_norm
+from .d2.cityscapes_evaluation import TextKDCityscapesSemSegEvaluator
+from .d2.mapper import TextKDSemSegDatasetMapper
+from .d2.sem_seg_evaluation import TextKDSemSegEvaluator
 from .data.sampling import KeyedMapDataset, ResumableTrainingSampler, seed_step_rngs
 from .distill.base import TrainingTerm, own_parameter_ids
-from .evaluation.cityscapes_evaluation import TextKDCityscapesSemSegEvaluator
-from .evaluation.sem_seg_evaluation import TextKDSemSegEvaluator
-from .modeling.build import check_num_classes, resolve_norm
-from .modeling.weights import (
+from .models.weights import (
     CheckpointFileError,
     _first_conv_hint,
     check_checkpoint_file,

@@ -15,7 +15,7 @@ from detectron2.data import MetadataCatalog
 
 from .deploy import DeployableSegmentor
 from .engine import TextKDCheckpointer, build_eval_model, check_config, load_config
-from .modeling.weights import check_checkpoint_file
+from .models.weights import check_checkpoint_file
 from .visualize import default_palette
 
 logger = logging.getLogger(__name__)

@@ -43,9 +43,9 @@ from typing import Any
 import torch
 
 from .distill.adversarial import adversarial_problems
-from .modeling.backbones import is_cirkd_backbone_state, norm_name, unwrap_state_dict
-from .modeling.convert import CIRKD_PIXEL_MEAN, CIRKD_PIXEL_STD
-from .modeling.weights import check_checkpoint_file, load_checkpoint_file
+from .models.backbones import is_cirkd_backbone_state, norm_name, unwrap_state_dict
+from .models.convert import CIRKD_PIXEL_MEAN, CIRKD_PIXEL_STD
+from .models.weights import check_checkpoint_file, load_checkpoint_file
 
 __all__ = [
     "ConfigError",
@@ -61,7 +61,7 @@ __all__ = [
 MODES = ("train", "eval", "export", "benchmark")
 
 DISTILL_ARCH = "DistillSemanticSegmentor"
-# detectron2's default backbone name means the TextKD timm backbone (modeling/build.py)
+# detectron2's default backbone name means the TextKD timm backbone (d2/build.py)
 _TEXTKD_BACKBONES = ("build_resnet_backbone", "TextKDTimmBackbone")
 
 # nodes whose ``*WEIGHT`` / ``*TEMPERATURE`` values are loss weights and temperatures

@@ -21,7 +21,7 @@ from detectron2.engine.hooks import PeriodicWriter
 from detectron2.utils import comm
 from PIL import Image
 
-from .data.mapper import TextKDSemSegDatasetMapper
+from .d2.mapper import TextKDSemSegDatasetMapper
 from .visualize import default_palette, overlay, side_by_side, with_legend
 
 logger = logging.getLogger(__name__)

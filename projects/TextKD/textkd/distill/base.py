@@ -17,7 +17,7 @@ losses, the shape of mmrazor's distillers: the classic distillation terms
 * may take an optimizer step of its own (a discriminator): see :meth:`TrainingTerm.extra_step`.
 
 A model lists its terms once, as ``{attribute: (term class, config path)}`` (``DISTILL_TERMS``
-in :mod:`textkd.modeling.distill_arch`, ``LAD_TERMS`` in :mod:`textkd.modeling.meta_arch`),
+in :mod:`textkd.d2.distill_arch`, ``LAD_TERMS`` in :mod:`textkd.d2.meta_arch`),
 builds them with :func:`build_terms` and sums their losses with :func:`compose_losses`.
 
 Example of a stateful term with its own optimizer step, the adversarial (output-map)

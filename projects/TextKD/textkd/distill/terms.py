@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modeling.outputs import SegOutput
+from ..models.outputs import SegOutput
 from .base import TermContext, TrainingTerm, compose_losses
 from .losses import (
     channel_wise_divergence,

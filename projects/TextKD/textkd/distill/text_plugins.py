@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modeling.outputs import SegOutput
+from ..models.outputs import SegOutput
 from .base import TermContext, TrainingTerm
 from .losses import channel_wise_divergence, check_labels, resize_to_teacher
 

@@ -1,5 +1,34 @@
-"""Segmentation models (framework-free core). Importing this package registers every backbone
-and head of the core registries, OCRNet and STDC included."""
+"""Deprecated alias package: the framework-free models moved to :mod:`textkd.models`, the
+detectron2 layer to :mod:`textkd.d2` (issue 14). ``textkd.modeling.<name>`` still imports (with a
+FutureWarning, once) and is the new module itself; removed in the next release."""
 
-from . import ocrnet as _ocrnet  # noqa: F401  (registers the "ocrnet" head)
-from . import stdc as _stdc  # noqa: F401  (registers "stdc1"/"stdc2" and the "stdc" head)
+# textkd-moved-alias
+import importlib
+
+from textkd import models as _models  # noqa: F401  (registers the core heads and backbones)
+from textkd._moved import warn_moved
+
+warn_moved("textkd.modeling", "textkd.models (core) / textkd.d2 (detectron2 layer)")
+
+_SUBMODULES = (
+    "backbones",
+    "build",
+    "convert",
+    "d2_teacher",
+    "distill_arch",
+    "heads",
+    "losses",
+    "meta_arch",
+    "ocrnet",
+    "outputs",
+    "registry",
+    "segmentor",
+    "stdc",
+    "weights",
+)
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Framework-free dataset loaders: each returns detectron2-style records
 ``{"file_name", "sem_seg_file_name"[, "height", "width"]}`` for one split (see DATASETS.md and
 datasets/README.md). No detectron2 import here. Each module declares its splits once with
-``register_dataset(DatasetSpec(...))`` (:mod:`.catalog`); ``textkd.data.register`` registers every
+``register_dataset(DatasetSpec(...))`` (:mod:`.catalog`); ``textkd.d2.register`` registers every
 spec of :func:`dataset_specs` in detectron2, so a new dataset is one new module here."""
 
 from .ade20k import ADE20K_SPLITS, load_ade20k

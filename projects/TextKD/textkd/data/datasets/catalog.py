@@ -5,7 +5,7 @@ name prefix (splits are registered in detectron2 as ``<prefix>_<split>_sem_seg``
 ``load(root, split) -> records``, ``roots(root, split) -> (image_root, sem_seg_root)``, class
 names and colours, and the evaluator type. :func:`dataset_specs` imports every module of the
 package (so a new module needs no import line anywhere) and returns the specs in registration
-order; ``data/register.py`` registers them all in detectron2 without per-dataset code. Plain
+order; ``d2/register.py`` registers them all in detectron2 without per-dataset code. Plain
 Python, no detectron2.
 """
 
