@@ -6,7 +6,8 @@ Sources (``--source auto`` guesses from the key names):
 * ``cirkd``: a CIRKD DeepLabV3 / PSPNet on a dilated ResNetV1b (e.g. the released
   ``deeplabv3_resnet101_citys_best_model.pth`` teacher) -> a full model checkpoint
   ``{"model": {"segmentor.*": ...}}`` for ``MODEL.WEIGHTS`` or ``MODEL.DISTILL.TEACHER.WEIGHTS``.
-* ``cirkd-backbone``: a CIRKD ImageNet backbone (``resnet18-imagenet.pth``, "v1s" deep stem);
+* ``cirkd-backbone``: a CIRKD ImageNet backbone (``resnet18-imagenet.pth``, "v1s" deep stem, or
+  ``mobilenetv2-imagenet.pth``, ``features.N`` keys);
 * ``torchvision``: ``resnet18/50/101`` or ``mobilenet_v2`` ImageNet weights;
 * ``timm``: ``resnet18/50/101``, ``resnet*d``, ``resnet*s``, ``mobilenetv2_100``;
 * ``stdc``: STDC-Seg's ImageNet ``STDCNet813M_73.91.tar`` (stdc1) / ``STDCNet1446_76.47.tar``

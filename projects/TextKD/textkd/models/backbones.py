@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,6 +43,9 @@ __all__ = [
     "CIRKD_STEM",
     "is_cirkd_backbone_state",
     "cirkd_backbone_key",
+    "mobilenetv2_layout",
+    "mobilenetv2_to_timm_key",
+    "torchvision_mobilenetv2_to_timm_key",
     "freeze_batchnorm",
     "resolve_norm_layer",
     "register_backbone",
@@ -464,6 +468,101 @@ def cirkd_backbone_key(key: str) -> str:
     return key
 
 
+# MobileNetV2 ImageNet files with ``features.N`` keys (torchvision's ``mobilenet_v2`` and CIRKD's
+# ``mobilenetv2-imagenet.pth``, the CSAIL semantic-segmentation-pytorch layout of CIRKD's
+# ``models/base_models/mobilenetv2.py``): ``features.0`` = stem conv/BN, ``features.1..17`` = the
+# 17 inverted-residual blocks of timm's 7 stages, ``features.18`` = 1x1 conv to 1280 + BN,
+# ``classifier.*`` = the ImageNet classifier. Blocks: module path -> timm module, for the first
+# block (expansion 1: dw conv, BN, pw-linear conv, BN) and the others (pw expand, BN, dw, BN,
+# pw-linear, BN). torchvision nests each conv+BN+ReLU6 in a Sequential; CIRKD's blocks are flat
+# Sequentials with the ReLU6 at their own indices.
+MBV2_REPEATS = (1, 2, 3, 4, 3, 3, 1)
+_MBV2_STEM = {"0": "conv_stem", "1": "bn1"}
+_MBV2_HEAD = {"0": "conv_head", "1": "bn2"}
+_MBV2_BLOCKS = {
+    "torchvision": (
+        {"conv.0.0": "conv_dw", "conv.0.1": "bn1", "conv.1": "conv_pw", "conv.2": "bn2"},
+        {
+            "conv.0.0": "conv_pw",
+            "conv.0.1": "bn1",
+            "conv.1.0": "conv_dw",
+            "conv.1.1": "bn2",
+            "conv.2": "conv_pwl",
+            "conv.3": "bn3",
+        },
+    ),
+    "cirkd": (
+        {"conv.0": "conv_dw", "conv.1": "bn1", "conv.3": "conv_pw", "conv.4": "bn2"},
+        {
+            "conv.0": "conv_pw",
+            "conv.1": "bn1",
+            "conv.3": "conv_dw",
+            "conv.4": "bn2",
+            "conv.6": "conv_pwl",
+            "conv.7": "bn3",
+        },
+    ),
+}
+
+
+def mobilenetv2_layout(state: Mapping[str, Any]) -> str:
+    """The ``features.N`` MobileNetV2 layout of a state dict: "torchvision"
+    (``features.1.conv.0.0.weight``), "cirkd" (CIRKD's / CSAIL's flat blocks,
+    ``features.1.conv.0.weight``) or "" (neither: timm names, a ResNet, STDC, ...)."""
+    if "features.0.0.weight" not in state:
+        return ""
+    if "features.1.conv.0.0.weight" in state:
+        return "torchvision"
+    if "features.1.conv.0.weight" in state:
+        return "cirkd"
+    return ""
+
+
+def _mbv2_stage_block(index: int) -> tuple[int, int]:
+    """(stage, block in stage) of the ``index``-th (0-based) inverted-residual block."""
+    start = 0
+    for stage, n in enumerate(MBV2_REPEATS):
+        if index < start + n:
+            return stage, index - start
+        start += n
+    raise KeyError(f"MobileNetV2 block index {index} out of range")
+
+
+def mobilenetv2_to_timm_key(key: str, layout: str) -> str | None:
+    """A ``features.N`` MobileNetV2 key of ``layout`` ("torchvision" or "cirkd",
+    :func:`mobilenetv2_layout`) -> the timm ``mobilenetv2_100`` key (``conv_stem``, ``bn1``,
+    ``blocks.S.B.*``, ``conv_head``/``bn2`` for ``features.18``); None for the ImageNet
+    classifier. Raises KeyError naming the key when it has no place in MobileNetV2."""
+    if layout not in _MBV2_BLOCKS:
+        raise ValueError(
+            f"MobileNetV2 layout must be one of {sorted(_MBV2_BLOCKS)}, got {layout!r}"
+        )
+    if key.startswith("classifier."):
+        return None
+    m = re.fullmatch(r"features\.(\d+)\.(.+)\.([^.]+)", key)
+    if m is None:
+        raise KeyError(f"{layout} MobileNetV2 key '{key}' is not under features./classifier.")
+    idx, module, param = int(m.group(1)), m.group(2), m.group(3)
+    if idx == 0:
+        table, prefix = _MBV2_STEM, ""
+    elif idx == 18:
+        table, prefix = _MBV2_HEAD, ""
+    elif 1 <= idx <= 17:
+        stage, block = _mbv2_stage_block(idx - 1)
+        table, prefix = _MBV2_BLOCKS[layout][0 if idx == 1 else 1], f"blocks.{stage}.{block}."
+    else:
+        raise KeyError(f"{layout} MobileNetV2 key '{key}': block index {idx} out of range")
+    if module not in table:
+        raise KeyError(f"unexpected {layout} MobileNetV2 key '{key}'")
+    return f"{prefix}{table[module]}.{param}"
+
+
+def torchvision_mobilenetv2_to_timm_key(key: str) -> str | None:
+    """torchvision ``mobilenet_v2`` key -> timm ``mobilenetv2_100`` key (None for the
+    classifier); :func:`mobilenetv2_to_timm_key` with the "torchvision" layout."""
+    return mobilenetv2_to_timm_key(key, "torchvision")
+
+
 def load_pretrained(
     backbone: SegBackbone, path: str, extra_chans_init_std: float | None = None
 ) -> None:
@@ -476,7 +575,12 @@ def load_pretrained(
     are into the ``resnet*v1s`` backbones: their keys are renamed in memory
     (:func:`cirkd_backbone_key`, the renaming of ``tools/convert_checkpoint.py``) and
     ``backbone.pretrained_layout`` becomes "cirkd" (those weights expect CIRKD's input: BGR minus
-    the Caffe mean, no std). When
+    the Caffe mean, no std). MobileNetV2 files with ``features.N`` keys (:func:`mobilenetv2_layout`:
+    torchvision's ``mobilenet_v2`` and CIRKD's ``mobilenetv2-imagenet.pth``) load as they are into
+    the ``mobilenetv2`` backbone, renamed by :func:`mobilenetv2_to_timm_key` (the table of
+    ``tools/convert_checkpoint.py``); CIRKD's sets ``pretrained_layout`` "cirkd". Keys the
+    backbone does not have (the classifier, the 1x1 ``features.18`` conv to 1280 channels) are
+    skipped and logged under the file's names. When
     the checkpoint's first conv has 3 input channels and the backbone more, the RGB filters are
     copied and the extra input filters drawn from N(0, std²) with
     ``std = extra_chans_init_std`` (default: ``backbone.extra_chans_init_std``).
@@ -501,6 +605,21 @@ def load_pretrained(
     cirkd = is_cirkd_backbone_state(ckpt)
     if cirkd:
         ckpt = {cirkd_backbone_key(k): v for k, v in ckpt.items()}
+    # renamed key -> the file's key, for messages (MobileNetV2 features.N files)
+    source: dict[str, str] = {}
+    mbv2 = mobilenetv2_layout(ckpt) if "features.0.0.weight" not in own else ""
+    if mbv2:
+        renamed: dict[str, torch.Tensor] = {}
+        for k, v in ckpt.items():
+            try:
+                new = mobilenetv2_to_timm_key(k, mbv2)
+            except KeyError:
+                new = None  # no place in MobileNetV2: kept as is, reported as unexpected below
+            if new is not None:
+                source[new] = k
+                k = new
+            renamed[k] = v
+        ckpt = renamed
     std = backbone.extra_chans_init_std if extra_chans_init_std is None else extra_chans_init_std
 
     ignored = [
@@ -508,6 +627,7 @@ def load_pretrained(
         for k in ckpt
         if k not in own and any(k.startswith(p) for p in backbone.pretrained_ignore_prefixes)
     ]
+    skipped = [source.get(k, k) for k in ignored]  # under the file's names
     for k in ignored:
         del ckpt[k]
     for k in [k for k in ckpt if k.endswith("num_batches_tracked") and k not in own]:
@@ -534,7 +654,11 @@ def load_pretrained(
     missing, unexpected, mismatched = compare_state_dicts(ckpt, own)
     # old checkpoints have no num_batches_tracked
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    mismatched = [f"{k}: checkpoint {cs} vs model {ms}" for k, cs, ms in mismatched]
+    mismatched = [
+        f"{k}{f' (file: {source[k]})' if k in source else ''}: checkpoint {cs} vs model {ms}"
+        for k, cs, ms in mismatched
+    ]
+    unexpected = [f"{k} (file: {source[k]})" if k in source else k for k in unexpected]
     if missing or unexpected or mismatched:
         parts = []
         if missing:
@@ -549,6 +673,11 @@ def load_pretrained(
                 ". The file holds CIRKD ResNetV1b weights, which fit the deep-stem 'resnet*v1s' "
                 "backbones: set MODEL.SEG_BACKBONE.ARCH to resnet18v1s / resnet50v1s / resnet101v1s"
             )
+        if mbv2 and not isinstance(backbone, MobileNetV2Backbone):
+            hint = (
+                f". The file holds {mbv2} MobileNetV2 weights (features.N keys): set "
+                "MODEL.SEG_BACKBONE.ARCH to mobilenetv2"
+            )
         raise ValueError(
             f"pretrained weights '{path}' do not fit backbone '{backbone.arch}' "
             f"(in_chans={backbone.in_chans}): " + "; ".join(parts) + hint
@@ -557,11 +686,19 @@ def load_pretrained(
         if k not in ckpt:  # num_batches_tracked absent from old checkpoints
             ckpt[k] = own[k]
     backbone.load_state_dict(ckpt, strict=True)
-    backbone.pretrained_layout = "cirkd" if cirkd else "timm"
+    backbone.pretrained_layout = "cirkd" if cirkd or mbv2 == "cirkd" else "timm"
+    kind = (
+        "CIRKD ResNetV1b "
+        if cirkd
+        else {"cirkd": "CIRKD MobileNetV2 ", "torchvision": "torchvision MobileNetV2 "}.get(
+            mbv2, ""
+        )
+    )
     logger.info(
-        "loaded pretrained %sbackbone weights from %s (%d tensors, skipped classifier keys: %s)",
-        "CIRKD ResNetV1b " if cirkd else "",
+        "loaded pretrained %sbackbone weights from %s (%d tensors, skipped keys the backbone "
+        "does not have (classifier, last 1x1 conv): %s)",
+        kind,
         path,
         len(ckpt),
-        ignored or "none",
+        skipped or "none",
     )

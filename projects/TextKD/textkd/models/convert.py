@@ -16,7 +16,8 @@ Two kinds of sources:
   says so (``INPUT.FORMAT BGR``, ``MODEL.PIXEL_STD [1, 1, 1]``, ``ALIGN_CORNERS True``).
 * **ImageNet backbones** of torchvision (``resnet18/50/101``, ``mobilenet_v2``), timm
   (``resnet18/50/101`` and their ``d``/``s`` deep-stem variants, ``mobilenetv2_100``) and CIRKD
-  (``resnet18-imagenet.pth`` etc., "v1s" names), and STDC-Seg's STDC1/STDC2 ImageNet weights
+  (``resnet18-imagenet.pth`` etc., "v1s" names; ``mobilenetv2-imagenet.pth``, ``features.N``
+  names), and STDC-Seg's STDC1/STDC2 ImageNet weights
   (``STDCNet813M_73.91.tar``, ``STDCNet1446_76.47.tar``). They become backbone-only files
   ``{"state_dict": {...}}`` for ``MODEL.SEG_BACKBONE.PRETRAINED``; ImageNet classifier keys are
   dropped and listed.
@@ -42,6 +43,9 @@ from .backbones import (
     build_backbone,
     cirkd_backbone_key,
     is_cirkd_backbone_state,
+    mobilenetv2_layout,
+    mobilenetv2_to_timm_key,
+    torchvision_mobilenetv2_to_timm_key,
     unwrap_state_dict,
 )
 from .stdc import STDC_LAYERS  # also registers the stdc1/stdc2 backbones
@@ -92,8 +96,6 @@ _RESNET_DEPTHS = {
     ((3, 4, 6, 3), True): 50,
     ((3, 4, 23, 3), True): 101,
 }
-# timm mobilenetv2_100 stages: number of blocks (torchvision ``features.1..17``)
-_MBV2_REPEATS = (1, 2, 3, 4, 3, 3, 1)
 
 
 # --------------------------------------------------------------------------- result record
@@ -205,7 +207,8 @@ def load_source_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 def detect_format(state: Mapping[str, torch.Tensor]) -> str:
     """Guess the source format of a state dict: ``"cirkd"`` (``pretrained.*`` + ``head.*``),
-    ``"cirkd-backbone"`` (CIRKD ResNetV1b deep stem ``conv1/conv2/conv3`` + ``bn3``),
+    ``"cirkd-backbone"`` (CIRKD ResNetV1b deep stem ``conv1/conv2/conv3`` + ``bn3``, or CIRKD's
+    MobileNetV2 ``features.N`` layout, :func:`backbones.mobilenetv2_layout`),
     ``"torchvision"`` (MobileNetV2 ``features.*``; torchvision ResNets use timm's names and are
     reported as ``"timm"``), ``"stdc"`` (STDC-Seg ``features.*.conv_list``) or ``"timm"``.
     Raises ValueError when nothing fits."""
@@ -214,8 +217,9 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
         return "cirkd"
     if is_cirkd_backbone_state(state):
         return "cirkd-backbone"
-    if "features.0.0.weight" in keys and "features.1.conv.0.0.weight" in keys:
-        return "torchvision"
+    mbv2 = mobilenetv2_layout(state)
+    if mbv2:
+        return "cirkd-backbone" if mbv2 == "cirkd" else "torchvision"
     if "features.0.conv.weight" in keys and "features.2.conv_list.0.conv.weight" in keys:
         return "stdc"
     if "conv_stem.weight" in keys or "conv1.weight" in keys or "conv1.0.weight" in keys:
@@ -280,57 +284,6 @@ def to_cirkd_state_dict(
     return out
 
 
-def _mbv2_stage_block(index: int) -> tuple[int, int]:
-    """(stage, block in stage) of the ``index``-th (0-based) inverted-residual block."""
-    start = 0
-    for stage, n in enumerate(_MBV2_REPEATS):
-        if index < start + n:
-            return stage, index - start
-        start += n
-    raise KeyError(f"MobileNetV2 block index {index} out of range")
-
-
-def torchvision_mobilenetv2_to_timm_key(key: str) -> str | None:
-    """torchvision ``mobilenet_v2`` key -> timm ``mobilenetv2_100`` key (None for the
-    classifier). ``features.0`` = stem conv/BN, ``features.1..17`` = the 17 inverted-residual
-    blocks (stages of 1, 2, 3, 4, 3, 3, 1 blocks), ``features.18`` = 1×1 conv to 1280 + BN."""
-    m = re.fullmatch(r"features\.(\d+)\.(.+)", key)
-    if m is None:
-        if key.startswith("classifier."):
-            return None
-        raise KeyError(f"torchvision MobileNetV2 key '{key}' is not under features./classifier.")
-    idx, rest = int(m.group(1)), m.group(2)
-    if idx == 0:
-        table = {"0": "conv_stem", "1": "bn1"}
-        hit = _split_first(rest, table, 1)
-        if hit is None:
-            raise KeyError(f"unexpected torchvision MobileNetV2 stem key '{key}'")
-        return f"{hit[0]}.{hit[1]}" if hit[1] else hit[0]
-    if idx == 18:
-        hit = _split_first(rest, {"0": "conv_head", "1": "bn2"}, 1)
-        if hit is None:
-            raise KeyError(f"unexpected torchvision MobileNetV2 head key '{key}'")
-        return f"{hit[0]}.{hit[1]}"
-    if not 1 <= idx <= 17:
-        raise KeyError(f"torchvision MobileNetV2 key '{key}': block index {idx} out of range")
-    stage, block = _mbv2_stage_block(idx - 1)
-    if idx == 1:  # depthwise-separable block: dw conv, BN, pw-linear conv, BN
-        table = {"conv.0.0": "conv_dw", "conv.0.1": "bn1", "conv.1": "conv_pw", "conv.2": "bn2"}
-    else:  # inverted residual: pw expand, BN, dw, BN, pw-linear, BN
-        table = {
-            "conv.0.0": "conv_pw",
-            "conv.0.1": "bn1",
-            "conv.1.0": "conv_dw",
-            "conv.1.1": "bn2",
-            "conv.2": "conv_pwl",
-            "conv.3": "bn3",
-        }
-    hit = _split_first(rest, table, 3)
-    if hit is None:
-        raise KeyError(f"unexpected torchvision MobileNetV2 block key '{key}'")
-    return f"blocks.{stage}.{block}.{hit[0]}.{hit[1]}"
-
-
 # --------------------------------------------------------------------------- inference
 
 
@@ -358,7 +311,9 @@ def infer_backbone_arch(state: Mapping[str, torch.Tensor], source_format: str) -
     (7×7 stem), ``...d`` (timm deep stem of width 32 with average-pool downsampling), ``...v1s``
     (deep stem of width 64: timm ``resnet*s`` and CIRKD backbones), ``mobilenetv2`` or
     ``stdc1``/``stdc2`` (from the number of STDC modules)."""
-    if source_format == "torchvision" and "features.0.0.weight" in state:
+    if mobilenetv2_layout(state) or (
+        source_format == "torchvision" and "features.0.0.weight" in state
+    ):
         return "mobilenetv2"
     if "features.0.conv.weight" in state:
         n = len({int(k.split(".")[1]) for k in state if re.match(r"features\.\d+\.", k)})
@@ -542,7 +497,7 @@ def convert_cirkd_segmentor(state: Mapping[str, torch.Tensor]) -> ConvertedCheck
 def convert_backbone(
     state: Mapping[str, torch.Tensor], source_format: str = "auto", arch: str | None = None
 ) -> ConvertedCheckpoint:
-    """Convert an ImageNet backbone (torchvision, timm or CIRKD ResNetV1b) into a TextKD
+    """Convert an ImageNet backbone (torchvision, timm, CIRKD ResNetV1b or MobileNetV2) into a TextKD
     backbone state dict for ``MODEL.SEG_BACKBONE.PRETRAINED``.
 
     ``arch`` None infers it (:func:`infer_backbone_arch`). Keys of the ImageNet classifier and
@@ -559,11 +514,15 @@ def convert_backbone(
     detail = fmt
     converted: dict[str, torch.Tensor] = {}
     key_map: dict[str, str] = {}
-    if fmt == "torchvision" and "features.0.0.weight" in state:
-        detail = "torchvision-mobilenetv2"
+    mbv2 = mobilenetv2_layout(state)
+    if (fmt == "torchvision" and "features.0.0.weight" in state) or (
+        fmt == "cirkd-backbone" and mbv2 == "cirkd"
+    ):
+        mbv2 = "cirkd" if fmt == "cirkd-backbone" else "torchvision"
+        detail = f"{mbv2}-mobilenetv2"
         dropped = {}
         for k, v in state.items():
-            new = torchvision_mobilenetv2_to_timm_key(k)
+            new = mobilenetv2_to_timm_key(k, mbv2)
             if new is None:
                 dropped[k] = "ImageNet classifier"
                 continue
