@@ -388,3 +388,178 @@ def test_compare_state_dicts_is_the_one_strict_key_match():
     assert compare_state_dicts(own, own) == ([], [], [])
     assert short_list([f"k{i}" for i in range(5)], 3) == "k0, k1, k2, ... (5 in all)"
     assert short_list(["k0", "k1"], 3) == "k0, k1"
+
+
+# --------------------------------------------------------------------------- MobileNetV2 files
+# loaded as they are by MODEL.SEG_BACKBONE.PRETRAINED (backbones.load_pretrained)
+
+MBV2_REFERENCE = Path(__file__).parent / "data" / "reference" / "cirkd_mobilenetv2.pt"
+
+
+def _mbv2_extras(layout: str) -> dict[str, torch.Tensor]:
+    """What a full ImageNet MobileNetV2 file holds beyond the 17 blocks: the 1x1 conv to 1280
+    channels (``features.18``) and the classifier (same names in both layouts)."""
+    g = torch.Generator().manual_seed(7)
+    extras = {
+        "features.18.0.weight": torch.randn(1280, 320, 1, 1, generator=g),
+        "features.18.1.weight": torch.rand(1280, generator=g) + 0.5,
+        "features.18.1.bias": torch.randn(1280, generator=g),
+        "features.18.1.running_mean": torch.randn(1280, generator=g),
+        "features.18.1.running_var": torch.rand(1280, generator=g) + 0.5,
+        "classifier.1.weight": torch.randn(1000, 1280, generator=g),
+        "classifier.1.bias": torch.randn(1000, generator=g),
+    }
+    if layout == "torchvision":
+        extras["features.18.1.num_batches_tracked"] = torch.tensor(0)
+    return extras
+
+
+def _cirkd_mbv2_state() -> tuple[dict[str, torch.Tensor], dict]:
+    from _reference_weights import deterministic_state_dict
+
+    ref = torch.load(MBV2_REFERENCE, weights_only=True)
+    return deterministic_state_dict(ref["key_shapes"]), ref
+
+
+@pytest.mark.parametrize("full_file", [True, False], ids=["with_head_and_classifier", "cirkd"])
+def test_cirkd_mobilenetv2_imagenet_file_loads_as_cirkd_computes(tmp_path, caplog, full_file):
+    """CIRKD's ``mobilenetv2-imagenet.pth`` layout (flat ``features.N.conv.K`` blocks) loads into
+    the ``mobilenetv2`` backbone as it is, and the OS-8 backbone's res5 equals CIRKD's
+    MobileNetV2Dilated output with the same weights (tests/data/reference/cirkd_mobilenetv2.pt,
+    tests/fixtures/make_mobilenetv2_fixture.py). The 1x1 conv to 1280 and the classifier of a
+    full ImageNet file are skipped and logged."""
+    from fixtures.make_mobilenetv2_fixture import fixed_input
+
+    state, ref = _cirkd_mbv2_state()
+    assert "features.1.conv.3.weight" in state  # the CIRKD layout, not torchvision's
+    if full_file:
+        state.update(_mbv2_extras("cirkd"))
+    path = tmp_path / "mobilenetv2-imagenet.pth"
+    torch.save(state, path)
+    x = fixed_input()
+    torch.testing.assert_close(
+        (float(x.sum()), float(x.norm())), tuple(ref["input_check"]), rtol=1e-6, atol=1e-3
+    )
+    with caplog.at_level("INFO", logger="textkd.models.backbones"):
+        bb = build_backbone("mobilenetv2", output_stride=8, pretrained=str(path))
+    assert bb.pretrained_layout == "cirkd"
+    assert "CIRKD MobileNetV2" in caplog.text
+    if full_file:
+        assert "features.18.0.weight" in caplog.text and "classifier.1.weight" in caplog.text
+    own = bb.state_dict()
+    assert torch.equal(own["blocks.0.0.conv_pw.weight"], state["features.1.conv.3.weight"])
+    assert torch.equal(own["blocks.6.0.bn3.running_var"], state["features.17.conv.7.running_var"])
+    bb.eval()
+    with torch.no_grad():
+        out = bb(x)["res5"]
+    assert out.shape == ref["output"].shape
+    torch.testing.assert_close(out, ref["output"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("restricted", [False, True], ids=["torchvision", "features0_17"])
+def test_torchvision_mobilenetv2_file_loads_directly(tmp_path, restricted):
+    """torchvision's ``mobilenet_v2`` state dict as MODEL.SEG_BACKBONE.PRETRAINED gives the
+    backbone the converter path (convert_checkpoint -> save_converted) gives, and torchvision's
+    features; so does the file restricted to ``features.0..17`` (no 1x1 conv, no classifier)."""
+    tv = torchvision.models.mobilenet_v2(weights=None)
+    _randomize_bn(tv)
+    tv.eval()
+    state = tv.state_dict()
+    if restricted:
+        state = {
+            k: v
+            for k, v in state.items()
+            if k.startswith("features.") and int(k.split(".")[1]) <= 17
+        }
+    src = tmp_path / "tv_mbv2.pth"
+    torch.save(state, src)
+    conv = _convert_to_file(str(src), str(tmp_path / "converted.pth"))
+    assert conv.source_format == "torchvision-mobilenetv2"
+    direct = build_backbone("mobilenetv2", output_stride=32, pretrained=str(src))
+    converted = build_backbone(
+        "mobilenetv2", output_stride=32, pretrained=str(tmp_path / "converted.pth")
+    )
+    assert direct.pretrained_layout == "timm"
+    a, b = direct.state_dict(), converted.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    direct.eval()
+    converted.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        o_direct = direct(x)
+        o_conv = converted(x)
+        ref = tv.features[:18](x)
+    for name in o_conv:
+        torch.testing.assert_close(o_direct[name], o_conv[name], rtol=0, atol=0)
+    torch.testing.assert_close(o_direct["res5"], ref)
+
+
+def test_cirkd_mobilenetv2_key_map():
+    from textkd.models.backbones import mobilenetv2_layout, mobilenetv2_to_timm_key
+
+    state, _ = _cirkd_mbv2_state()
+    assert mobilenetv2_layout(state) == "cirkd"
+    assert mobilenetv2_layout(torchvision.models.mobilenet_v2().state_dict()) == "torchvision"
+    assert mobilenetv2_layout(build_backbone("mobilenetv2").state_dict()) == ""
+    # the same key means different modules in the two layouts
+    assert mobilenetv2_to_timm_key("features.2.conv.3.weight", "cirkd") == (
+        "blocks.1.0.conv_dw.weight"
+    )
+    assert mobilenetv2_to_timm_key("features.2.conv.3.weight", "torchvision") == (
+        "blocks.1.0.bn3.weight"
+    )
+    assert mobilenetv2_to_timm_key("features.1.conv.4.bias", "cirkd") == "blocks.0.0.bn2.bias"
+    assert mobilenetv2_to_timm_key("features.18.1.running_mean", "cirkd") == "bn2.running_mean"
+    assert mobilenetv2_to_timm_key("classifier.1.bias", "cirkd") is None
+    with pytest.raises(KeyError, match="features.1.conv.6.weight"):
+        mobilenetv2_to_timm_key("features.1.conv.6.weight", "cirkd")  # block 1 has no conv.6
+    with pytest.raises(KeyError, match="out of range"):
+        mobilenetv2_to_timm_key("features.19.0.weight", "cirkd")
+
+
+def test_cirkd_mobilenetv2_converts_like_it_loads(tmp_path):
+    """tools/convert_checkpoint.py recognises the CIRKD layout ("cirkd-backbone", CIRKD input
+    settings) and writes the tensors the direct load gives."""
+    state, _ = _cirkd_mbv2_state()
+    state.update(_mbv2_extras("cirkd"))
+    src = tmp_path / "mobilenetv2-imagenet.pth"
+    torch.save(state, src)
+    assert detect_format(state) == "cirkd-backbone"
+    conv = _convert_to_file(str(src), str(tmp_path / "converted.pth"))
+    assert conv.source_format == "cirkd-mobilenetv2"
+    assert conv.settings["MODEL.SEG_BACKBONE.ARCH"] == "mobilenetv2"
+    assert conv.settings["INPUT.FORMAT"] == "BGR"
+    assert conv.settings["MODEL.PIXEL_MEAN"] == list(CIRKD_PIXEL_MEAN)
+    assert set(conv.dropped) == {k for k in _mbv2_extras("cirkd")}
+    direct = build_backbone("mobilenetv2", pretrained=str(src)).state_dict()
+    converted = build_backbone("mobilenetv2", pretrained=str(tmp_path / "converted.pth"))
+    for k, v in converted.state_dict().items():
+        assert torch.equal(v, direct[k]), k
+
+
+def _mbv2_error(tmp_path, state, arch="mobilenetv2") -> str:
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError) as info:
+        build_backbone(arch, pretrained=str(path))
+    assert str(path) in str(info.value)
+    return str(info.value)
+
+
+def test_mobilenetv2_file_refuses_with_key_names(tmp_path):
+    """Keys other than the 1x1 conv / classifier are never dropped: an unknown key, a missing
+    key and a shape mismatch are errors naming the keys (the file's names where renamed); a
+    MobileNetV2 file for a ResNet backbone says which ARCH fits."""
+    state, _ = _cirkd_mbv2_state()
+    bad = dict(state, **{"features.3.conv.9.weight": torch.zeros(3)})
+    assert "unexpected keys" in _mbv2_error(tmp_path, bad)
+    assert "features.3.conv.9.weight" in _mbv2_error(tmp_path, bad)
+    missing = {k: v for k, v in state.items() if k != "features.5.conv.6.weight"}
+    assert "blocks.2.1.conv_pwl.weight" in _mbv2_error(tmp_path, missing)
+    wrong = dict(state, **{"features.5.conv.6.weight": torch.zeros(32, 192, 3, 3)})
+    msg = _mbv2_error(tmp_path, wrong)
+    assert "shape mismatches" in msg and "features.5.conv.6.weight" in msg
+    msg = _mbv2_error(tmp_path, state, arch="resnet18")
+    assert "MODEL.SEG_BACKBONE.ARCH to mobilenetv2" in msg
