@@ -209,7 +209,7 @@ class SegBackbone(nn.Module):
 
     first_conv_key: str = ""
     # "" (random init), "timm" (timm / torchvision / converted file) or "cirkd" (CIRKD's
-    # ResNetV1b ImageNet file, loaded as it is): set by load_pretrained
+    # ResNetV1b or MobileNetV2 ImageNet file, loaded as it is): set by load_pretrained
     pretrained_layout: str = ""
     pretrained_ignore_prefixes: tuple[str, ...] = ("fc.", "classifier.", "head.")
 
