@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, default_argument_parser
 from textkd.d2.register import register_sem_seg
 from textkd.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, load_synthetic
 
@@ -347,3 +347,19 @@ def register_tiny_clip(directory: str | os.PathLike) -> None:
     if not (cfg_dir / f"{TINY_CLIP}.json").is_file():
         raise FileNotFoundError(f"no tiny CLIP config under {cfg_dir}: call tiny_clip_checkpoint")
     open_clip.add_model_config(cfg_dir)
+
+
+def rank_trainer(cfg_file: str, opts: Sequence[str], data_root: str, resume: bool = False):
+    """One rank of a 2-process run (inside ``detectron2.engine.launch``) on the train_net.py
+    path: one thread, the tiny datasets registered, ``setup``, ``Trainer``, ``resume_or_load``.
+    Returns the trainer, not yet trained."""
+    torch.set_num_threads(1)
+    from textkd.engine import Trainer, setup
+
+    register_tiny(data_root)
+    args = default_argument_parser().parse_args(
+        ["--config-file", cfg_file, "--num-gpus", "2", *opts]
+    )
+    trainer = Trainer(setup(args))
+    trainer.resume_or_load(resume=resume)
+    return trainer

@@ -16,7 +16,7 @@ import torch
 pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
+from detectron2.engine import launch  # noqa: E402
 
 MAX_ITER, PERIOD = 6, 3
 MIDDLE = f"model_{PERIOD - 1:07d}.pth"
@@ -157,17 +157,9 @@ def test_resume_restores_d_weights_and_d_optimizer_exactly(data_root, tmp_path):
 
 def _dist_main(cfg_file: str, opts: list[str], data_root: str, result_dir: str):
     """One rank of the 2-process run: the train_net.py path, then this rank's D state."""
-    torch.set_num_threads(1)
     from detectron2.utils import comm
-    from textkd.engine import Trainer, setup
 
-    H.register_tiny(data_root)
-    args = default_argument_parser().parse_args(
-        ["--config-file", cfg_file, "--num-gpus", "2", *opts]
-    )
-    cfg = setup(args)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer = H.rank_trainer(cfg_file, opts, data_root, resume=False)
     model = trainer.model.module
     term = model.adversarial
     before = H.state_hash(term.state_dict())

@@ -17,7 +17,7 @@ import torch
 pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
+from detectron2.engine import launch  # noqa: E402
 
 MAX_ITER, PERIOD = 6, 3
 MIDDLE = f"model_{PERIOD - 1:07d}.pth"
@@ -117,17 +117,9 @@ def test_memory_state_survives_resume_bit_identically(data_root, teacher, tmp_pa
 
 def _dist_main(cfg_file: str, opts: list[str], data_root: str, result_dir: str):
     """One rank of the 2-process run: train, then this rank's memory state."""
-    torch.set_num_threads(1)
     from detectron2.utils import comm
-    from textkd.engine import Trainer, setup
 
-    H.register_tiny(data_root)
-    args = default_argument_parser().parse_args(
-        ["--config-file", cfg_file, "--num-gpus", "2", *opts]
-    )
-    cfg = setup(args)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer = H.rank_trainer(cfg_file, opts, data_root, resume=False)
     model = trainer.model.module
     trainer.train()
     mem = model.cirkd_memory

@@ -354,3 +354,59 @@ def test_reference_recipe_trains_two_iterations(rel, data_root, tmp_path, monkey
     for row in rec.losses:
         assert expected <= set(row), (rel, row)
         assert all(math.isfinite(v) for v in row.values()), (rel, row)
+
+
+# ------------------------------------------------------------- LAD's official VOC recipes
+LAD_VOC = [
+    "configs/PascalVOC/lad/deeplabv3_r18_lad_teacher_40k_bs16.yaml",
+    "configs/PascalVOC/lad/deeplabv3_r18_lad_cwd_40k_bs16.yaml",
+    "configs/PascalVOC/lad/pspnet_r18_lad_teacher_40k_bs16.yaml",
+    "configs/PascalVOC/lad/pspnet_r18_lad_cwd_40k_bs16.yaml",
+]
+
+
+@pytest.mark.parametrize("rel", LAD_VOC)
+def test_lad_voc_recipe_trains_two_iterations(rel, data_root, tmp_path, monkeypatch):
+    """The official-LAD VOC recipes (teacher: label-conditioned, dual path; student: fine-tuned
+    from its baseline, CWD from the frozen LAD teacher) load, pass the checks of a training run
+    and train two iterations on the synthetic data with finite losses. MODEL.WEIGHTS (the
+    trained baseline the student starts from) is left out: no such file here."""
+    monkeypatch.chdir(REPO)  # the teacher CONFIG_FILE is relative to the repository root
+    opts = H.tiny_opts(
+        tmp_path / "out",
+        max_iter=2,
+        test=None,
+        extra=[
+            "MODEL.SEG_BACKBONE.PRETRAINED", "",
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES", H.NUM_CLASSES,
+            "MODEL.WEIGHTS", "",
+        ],
+    )  # fmt: skip
+    student = "teacher" not in Path(rel).stem
+    if student:
+        tcfg = load_teacher_config(load_config(str(REPO / rel)))
+        tcfg.merge_from_list(TEACHER_OPTS + ["MODEL.DEVICE", "cpu"])
+        assert tcfg.MODEL.LAD.ENABLED and tcfg.MODEL.SEG_BACKBONE.IN_CHANS == 4
+        torch.manual_seed(1)
+        weights = tmp_path / "teacher.pth"
+        torch.save({"model": build_model(tcfg).state_dict()}, weights)
+        opts += ["MODEL.DISTILL.TEACHER.WEIGHTS", str(weights)]
+        opts += ["MODEL.DISTILL.TEACHER.OPTS", str(TEACHER_OPTS)]
+    cfg = H.load_cfg(str(REPO / rel), opts)
+    check_config(cfg, "train")
+    # the official protocol survives the tiny overrides
+    assert cfg.MODEL.SEM_SEG_HEAD.ALIGN_CORNERS and cfg.INPUT.FORMAT == "BGR"
+    assert list(cfg.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0]
+    with H.one_thread():
+        trainer, rec = H.run_training(cfg)
+    assert rec.iters == [0, 1]
+    if student:
+        expected = {"total_loss", "loss_sem_seg", "loss_aux"}
+        expected |= {f"loss_{s.name}" for s in parse_terms(cfg.MODEL.DISTILL.TERMS)}
+        assert cfg.MODEL.SEM_SEG_HEAD.AUX_WEIGHT == pytest.approx(0.02)
+    else:  # the dual-path teacher: both paths' task losses and their consistency
+        expected = {"total_loss", "loss_consistency"}
+        expected |= {f"loss_{k}_path{i}" for k in ("sem_seg", "aux") for i in (1, 2)}
+    for row in rec.losses:
+        assert expected <= set(row), (rel, row)
+        assert all(math.isfinite(v) for v in row.values()), (rel, row)

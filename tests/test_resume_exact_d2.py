@@ -18,7 +18,7 @@ import torch
 pytestmark = pytest.mark.detectron2
 
 import _d2_helpers as H  # noqa: E402
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
+from detectron2.engine import launch  # noqa: E402
 
 BASELINE = str(H.SYNTH_CONFIGS / "deeplabv3_r18_baseline.yaml")
 LAD_TEACHER = str(H.SYNTH_CONFIGS / "deeplabv3_r18_lad_teacher.yaml")  # noised label input
@@ -137,17 +137,9 @@ def test_checkpoint_without_data_order_resumes_with_a_warning(data_root, tmp_pat
 
 def _dist_main(cfg_file: str, opts: list[str], data_root: str, resume: bool, result: str):
     """One rank: the train_net.py path (setup, Trainer, resume_or_load, train)."""
-    torch.set_num_threads(1)
     from detectron2.utils import comm
-    from textkd.engine import Trainer, setup
 
-    H.register_tiny(data_root)
-    args = default_argument_parser().parse_args(
-        ["--config-file", cfg_file, "--num-gpus", "2", *opts]
-    )
-    cfg = setup(args)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=resume)
+    trainer = H.rank_trainer(cfg_file, opts, data_root, resume=resume)
     start = trainer.start_iter
     trainer.train()
     if comm.is_main_process():
