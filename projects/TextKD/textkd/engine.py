@@ -41,6 +41,7 @@ from .config import add_textkd_config
 from .d2.best_checkpoint import add_best_checkpoint_hook
 from .d2.build import check_num_classes, resolve_norm
 from .d2.cityscapes_evaluation import TextKDCityscapesSemSegEvaluator
+from .d2.distill_arch import DISTILL_TERMS
 from .d2.mapper import TextKDSemSegDatasetMapper
 from .d2.sem_seg_evaluation import TextKDSemSegEvaluator
 from .data.sampling import KeyedMapDataset, ResumableTrainingSampler, seed_step_rngs
@@ -373,8 +374,9 @@ def _train_sampler(data_loader) -> ResumableTrainingSampler | None:
     return sampler if isinstance(sampler, ResumableTrainingSampler) else None
 
 
-# entries of a distillation checkpoint that belong to the distillation, not to the student
-_DISTILL_ONLY = ("distiller.", "text_distiller.", "cirkd_memory.", "adversarial.", "teacher.")
+# entries of a distillation checkpoint that belong to the distillation, not to the student: the
+# training terms (one prefix per attribute of DISTILL_TERMS) and the teacher
+_DISTILL_ONLY = tuple(f"{name}." for name in DISTILL_TERMS) + ("teacher.",)
 
 
 def _is_disk_full(e: BaseException) -> bool:
