@@ -93,14 +93,23 @@ def pytest_pycollect_makemodule(module_path, parent):
 @pytest.fixture(scope="module", autouse=True)
 def single_thread(request):
     """Torch single-threaded for the whole module, in modules marked ``detectron2`` (on a few
-    shared CPU cores several threads per process are many times slower than one)."""
-    if request.node.get_closest_marker("detectron2") is None:
+    shared CPU cores several threads per process are many times slower than one) or
+    ``single_thread`` (reference-equivalence tests: the fixtures were computed in one thread, and
+    another thread count changes float32 reductions by more than their 1e-5 tolerance)."""
+    if (
+        request.node.get_closest_marker("detectron2") is None
+        and request.node.get_closest_marker("single_thread") is None
+    ):
         yield
         return
-    import _d2_helpers as H
+    import torch
 
-    with H.one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
         yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

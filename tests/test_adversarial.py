@@ -100,7 +100,10 @@ def close(a, b, rtol=1e-5, what=""):
 
 
 def check_d(term: HolisticAdversarial, before: dict, expected: dict, rtol=1e-5) -> None:
-    """D's state after its step (and its loss's gradients, kept by the step) as the reference's."""
+    """D's state after its step (and its loss's gradients, kept by the step) as the reference's.
+    The size of each tensor's change is compared to 1e-4 relative, or 1e-5 absolute: Adam turns
+    the rounding noise of a gradient that is zero in exact arithmetic (the attention key's bias,
+    which the softmax cancels) into a change of ~1e-6 that depends on the thread count."""
     state = term.discriminator.state_dict()
     params = dict(term.discriminator.named_parameters())
     assert {textkd_key(k) for k in expected} == set(state)
@@ -109,7 +112,7 @@ def check_d(term: HolisticAdversarial, before: dict, expected: dict, rtol=1e-5) 
         got = state[k].float()
         close(got.flatten()[: rec["after"].numel()], rec["after"].flatten(), rtol, f"{k} after")
         delta = float((got - before[k].float()).norm())
-        assert delta == pytest.approx(rec["norm_delta"], rel=1e-4, abs=1e-9), k
+        assert delta == pytest.approx(rec["norm_delta"], rel=1e-4, abs=1e-5), k
         if "grad" in rec:
             g = params[k].grad
             close(g.flatten()[: rec["grad"].numel()], rec["grad"].flatten(), 1e-4, f"{k} grad")
@@ -197,7 +200,7 @@ def check_summary(module: nn.Module, before: dict, expected: dict, what: str, rt
         got = state[k].float()
         close(got.flatten()[: rec["after"].numel()], rec["after"].flatten(), rtol, f"{what} {k}")
         delta = float((got - before[k].float()).norm())
-        assert delta == pytest.approx(rec["norm_delta"], rel=1e-4, abs=1e-9), f"{what} {k}"
+        assert delta == pytest.approx(rec["norm_delta"], rel=1e-4, abs=1e-5), f"{what} {k}"
         if "grad" in rec:
             g = params[k].grad
             close(g.flatten()[: rec["grad"].numel()], rec["grad"].flatten(), 1e-4, f"{what} {k}")
@@ -342,7 +345,7 @@ def test_kd_cwd_adversarial_recipe_step_on_the_whole_student_matches_cirkd(ref, 
         got = state[kk].float()
         close(got.flatten()[: rec["after"].numel()], rec["after"], 1e-5, f"student {kk}")
         delta = float((got - before[kk].float()).norm())
-        assert delta == pytest.approx(rec["norm_delta"], rel=1e-4, abs=1e-9), kk
+        assert delta == pytest.approx(rec["norm_delta"], rel=1e-4, abs=1e-5), kk
     check_d(adv, before_d, exp["d"])
 
 
@@ -394,3 +397,7 @@ def test_config_node_off_by_default_and_bad_values_named():
         assert f"MODEL.DISTILL.ADVERSARIAL.{key} " in text
     with pytest.raises(ValueError, match="MODEL.DISTILL.ADVERSARIAL.D_LR"):
         HolisticAdversarial.from_config({**NODE, "D_LR": -1e-4}, TermContext(3))
+
+
+# numbers compared with fixtures computed in one thread (conftest.single_thread)
+pytestmark = pytest.mark.single_thread

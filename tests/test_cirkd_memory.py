@@ -256,3 +256,7 @@ def test_two_gloo_ranks_of_other_sizes_enqueue_the_same(tmp_path):
     for name in ("pixel_queue", "pixel_ptr", "region_queue", "region_ptr"):
         torch.testing.assert_close(getattr(fresh, name), r0["state"][name], rtol=0, atol=1e-6)
     assert int(r0["state"]["pixel_ptr"].sum()) > 0
+
+
+# numbers compared with fixtures computed in one thread (conftest.single_thread)
+pytestmark = pytest.mark.single_thread

@@ -563,3 +563,7 @@ def test_mobilenetv2_file_refuses_with_key_names(tmp_path):
     assert "shape mismatches" in msg and "features.5.conv.6.weight" in msg
     msg = _mbv2_error(tmp_path, state, arch="resnet18")
     assert "MODEL.SEG_BACKBONE.ARCH to mobilenetv2" in msg
+
+
+# numbers compared with fixtures computed in one thread (conftest.single_thread)
+pytestmark = pytest.mark.single_thread

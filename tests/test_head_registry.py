@@ -154,3 +154,7 @@ def test_aspp_dropout_key():
     core = build_segmentor(head="deeplabv3", backbone="resnet18", num_classes=3, aspp_dropout=0.2)
     assert core.head.aspp.project[3].p == 0.2
     assert build_segmentor(backbone="resnet18", num_classes=3).head.aspp.project[3].p == 0.5
+
+
+# numbers compared with fixtures computed in one thread (conftest.single_thread)
+pytestmark = pytest.mark.single_thread

@@ -96,3 +96,7 @@ def test_validate_scale_set_names_the_key_and_value():
     assert "must be a list" in msg
     with pytest.raises(ConfigError, match="INPUT.SCALE_SET"):
         validate_config(_cfg([0.0]), "export")
+
+
+# numbers compared with fixtures computed in one thread (conftest.single_thread)
+pytestmark = pytest.mark.single_thread
