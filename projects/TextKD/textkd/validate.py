@@ -409,18 +409,14 @@ def _batch_norm_problems(cfg: Any, world_size: int) -> list[str]:
 
 
 def _read_backbone_file(path: str) -> dict[str, torch.Tensor] | None:
-    """The tensors of a backbone file (memory-mapped when it is a zip archive, so only the keys
-    are read), or None when it cannot be read (the backbone loader reports that)."""
+    """The tensors of a backbone file (memory-mapped, so only the keys are read), or None when it
+    cannot be read (the backbone loader reports that)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - legacy (non-zip) file: read it whole
-        try:
-            obj = load_checkpoint_file(path, "pretrained backbone weights", weights_only=True)
-        except (OSError, ValueError):
-            return None
-    try:
+        obj = load_checkpoint_file(
+            path, "pretrained backbone weights", weights_only=True, mmap=True
+        )
         return unwrap_state_dict(obj, path)
-    except ValueError:
+    except (OSError, ValueError):
         return None
 
 

@@ -91,12 +91,22 @@ def check_checkpoint_file(path: str, what: str = "checkpoint", key: str = "") ->
 
 
 def load_checkpoint_file(
-    path: str, what: str = "checkpoint", key: str = "", weights_only: bool = False
+    path: str,
+    what: str = "checkpoint",
+    key: str = "",
+    weights_only: bool = False,
+    mmap: bool = False,
 ) -> Any:
     """``torch.load(path)`` on the CPU after :func:`check_checkpoint_file`; a file that still
     fails to load is a :class:`CheckpointFileError` naming it (never torch's bare unpickling
-    error)."""
+    error). ``mmap``: memory-map a zip-format file (tensors are read only when touched, e.g. to
+    look at the keys); a legacy (non-zip) file is read whole."""
     check_checkpoint_file(path, what, key)
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+        except Exception:  # noqa: BLE001 - not a zip archive: read it whole below
+            pass
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # noqa: BLE001 - re-raised with the path
